@@ -1,0 +1,42 @@
+"""Datalists, splits and synthetic demo datasets."""
+
+from __future__ import annotations
+
+from monai_im.data.datalist import (
+    DATALIST_KEYS,
+    IMAGE_EXTENSIONS,
+    DatasetNotFoundError,
+    list_images,
+    load_datalist,
+    split_labeled,
+    write_datalist,
+)
+from monai_im.data.hela_like import hela_like_sample, position_radius
+from monai_im.data.isic_like import isic_like_sample
+from monai_im.data.synthetic import (
+    DEMO_KINDS,
+    DemoKind,
+    ensure_demo_dataset,
+    make_demo_dataset,
+    make_hela_like_dataset,
+    make_isic_like_dataset,
+)
+
+__all__ = [
+    "DATALIST_KEYS",
+    "DatasetNotFoundError",
+    "IMAGE_EXTENSIONS",
+    "list_images",
+    "load_datalist",
+    "split_labeled",
+    "write_datalist",
+    "DEMO_KINDS",
+    "DemoKind",
+    "ensure_demo_dataset",
+    "make_demo_dataset",
+    "make_hela_like_dataset",
+    "make_isic_like_dataset",
+    "isic_like_sample",
+    "hela_like_sample",
+    "position_radius",
+]

@@ -1,0 +1,319 @@
+"""Seeded synthetic demo datasets that stand in for ISIC 2018 and HeLa, in the layout the bundles read.
+
+::
+
+    OUT_DIR/
+      datalist.json   # labeled, unlabeled, validation, test: {"image": "images/x.png", "label": "labels/x.png"}
+      dataset.json    # kind, seed, sizes, counts, labeled fraction, label channels, licence
+      images/*.png
+      labels/*.png
+
+Every image is drawn from its own generator seeded by ``(seed, split, index)``, so an image does not
+depend on how many images the other splits hold, and the same arguments give byte-identical files.
+The folder is built under a temporary name and moved into place only when complete.
+
+Command line: ``monai-im-demo-data isic OUT_DIR --num-train 200 --size 64`` (the same as
+``python data_scripts/make_demo_data.py ...``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from monai_im.data.datalist import split_labeled, write_datalist
+from monai_im.data.drawing import image_rng
+from monai_im.data.hela_like import hela_like_sample
+from monai_im.data.isic_like import isic_like_sample
+from monai_im.io import atomic_directory, atomic_write_json, load_json, save_png
+
+__all__ = [
+    "DemoKind",
+    "DEMO_KINDS",
+    "make_demo_dataset",
+    "make_isic_like_dataset",
+    "make_hela_like_dataset",
+    "ensure_demo_dataset",
+    "isic_like_sample",
+    "hela_like_sample",
+    "main",
+]
+
+logger = logging.getLogger(__name__)
+
+Sampler = Callable[[int, np.random.Generator], tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class DemoKind:
+    """A kind of synthetic dataset: how to draw one sample and how to describe the result."""
+
+    name: str
+    sample: Sampler
+    description: str
+    image_channels: int
+    label_channels: tuple[str, ...]
+
+
+DEMO_KINDS: dict[str, DemoKind] = {
+    "isic": DemoKind(
+        "isic_like",
+        isic_like_sample,
+        "ISIC 2018-like dermoscopy images (RGB) with binary lesion masks (0/255)",
+        3,
+        ("lesion",),
+    ),
+    "hela": DemoKind(
+        "hela_like",
+        hela_like_sample,
+        "HeLa-like brightfield images (grayscale) with alive, dead and position masks (RGB, 0/255)",
+        1,
+        ("alive", "dead", "position"),
+    ),
+}
+
+_SPLITS = (("train", "train"), ("validation", "val"), ("test", "test"))
+
+
+def _check_args(num_train: int, num_val: int, num_test: int, size: int, seed: int) -> None:
+    if num_train < 1:
+        raise ValueError(f"num_train must be at least 1, got {num_train}")
+    if num_val < 0 or num_test < 0:
+        raise ValueError(f"num_val and num_test must not be negative, got {num_val} and {num_test}")
+    if size < 16:
+        raise ValueError(f"size must be at least 16 pixels, got {size}")
+    if seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed}")
+
+
+def make_demo_dataset(
+    kind: str,
+    out_dir: str | os.PathLike,
+    num_train: int = 200,
+    num_val: int = 20,
+    num_test: int = 40,
+    size: int = 256,
+    labeled_fraction: float = 0.1,
+    seed: int = 0,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Write a synthetic dataset of the given kind (``"isic"`` or ``"hela"``) to ``out_dir``.
+
+    Args:
+        kind: a key of :data:`DEMO_KINDS`.
+        out_dir: the dataset folder to create.
+        num_train: training images, split into labeled and unlabeled.
+        num_val: validation images.
+        num_test: test images.
+        size: side of the square images in pixels.
+        labeled_fraction: share of the training images in the ``labeled`` key (seeded split).
+        seed: seed of the images and of the split.
+        overwrite: replace an existing ``out_dir``; otherwise an existing one is an error.
+        progress: show a progress bar.
+
+    Returns:
+        The dataset folder.
+    """
+    if kind not in DEMO_KINDS:
+        raise ValueError(f"unknown demo dataset kind {kind!r}; choose one of {sorted(DEMO_KINDS)}")
+    _check_args(num_train, num_val, num_test, size, seed)
+    if not 0.0 < labeled_fraction <= 1.0:
+        raise ValueError(f"labeled_fraction must be in (0, 1], got {labeled_fraction}")
+    spec = DEMO_KINDS[kind]
+    out_dir = Path(out_dir)
+    counts = {"train": num_train, "validation": num_val, "test": num_test}
+    entries: dict[str, list[dict[str, str]]] = {split: [] for split in counts}
+    with atomic_directory(out_dir, overwrite=overwrite) as tmp:
+        (tmp / "images").mkdir()
+        (tmp / "labels").mkdir()
+        with tqdm(
+            total=sum(counts.values()), desc=f"{spec.name} data", unit="img", disable=not progress
+        ) as bar:
+            for split, prefix in _SPLITS:
+                for index in range(counts[split]):
+                    image, label = spec.sample(size, image_rng(seed, split, index))
+                    name = f"{prefix}_{index:04d}.png"
+                    save_png(tmp / "images" / name, image, channel_first=False, reverse_indexing=False)
+                    save_png(tmp / "labels" / name, label, channel_first=False, reverse_indexing=False)
+                    entries[split].append({"image": f"images/{name}", "label": f"labels/{name}"})
+                    bar.update()
+        labeled, unlabeled = split_labeled(entries["train"], labeled_fraction=labeled_fraction, seed=seed)
+        datalist = {
+            "labeled": labeled,
+            "unlabeled": unlabeled,
+            "validation": entries["validation"],
+            "test": entries["test"],
+        }
+        write_datalist(tmp / "datalist.json", datalist)
+        atomic_write_json(
+            tmp / "dataset.json", _description(spec, kind, size, seed, labeled_fraction, datalist)
+        )
+    logger.info(
+        "wrote %s to %s: %d labeled, %d unlabeled, %d validation, %d test images of %dx%d",
+        spec.name,
+        out_dir,
+        len(labeled),
+        len(unlabeled),
+        num_val,
+        num_test,
+        size,
+        size,
+    )
+    return out_dir
+
+
+def _description(
+    spec: DemoKind, kind: str, size: int, seed: int, labeled_fraction: float, datalist: dict[str, list[Any]]
+) -> dict[str, Any]:
+    return {
+        "name": spec.name,
+        "kind": kind,
+        "description": spec.description,
+        "seed": seed,
+        "image_size": [size, size],
+        "image_channels": spec.image_channels,
+        "label_channels": list(spec.label_channels),
+        "labeled_fraction": labeled_fraction,
+        "counts": {key: len(value) for key, value in datalist.items()},
+        "license": "synthetic: generated by monai_im.data.synthetic, no real patient data; free to use",
+    }
+
+
+def make_isic_like_dataset(
+    out_dir: str | os.PathLike,
+    num_train: int = 200,
+    num_val: int = 20,
+    num_test: int = 40,
+    size: int = 256,
+    labeled_fraction: float = 0.1,
+    seed: int = 0,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Write an ISIC-like dataset (RGB dermoscopy-like images, binary 0/255 lesion masks).
+
+    See :func:`make_demo_dataset` for the arguments and :func:`isic_like_sample` for the images.
+    """
+    return make_demo_dataset(
+        "isic", out_dir, num_train, num_val, num_test, size, labeled_fraction, seed, overwrite, progress
+    )
+
+
+def make_hela_like_dataset(
+    out_dir: str | os.PathLike,
+    num_train: int = 200,
+    num_val: int = 20,
+    num_test: int = 40,
+    size: int = 256,
+    labeled_fraction: float = 0.1,
+    seed: int = 0,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Write a HeLa-like dataset (grayscale images; RGB 0/255 masks with channels alive, dead, position).
+
+    See :func:`make_demo_dataset` for the arguments and :func:`hela_like_sample` for the images.
+    """
+    return make_demo_dataset(
+        "hela", out_dir, num_train, num_val, num_test, size, labeled_fraction, seed, overwrite, progress
+    )
+
+
+def ensure_demo_dataset(kind: str, root: str | os.PathLike, **kwargs: Any) -> str:
+    """Return ``root``, creating a demo dataset there first if it has no ``datalist.json``.
+
+    An existing dataset is reused as it is (``kwargs`` are not compared with it), which lets a bundle
+    config call this on every run: ``"$monai_im.data.ensure_demo_dataset('isic', @dataset_dir, size=64)"``.
+
+    Args:
+        kind: ``"isic"`` or ``"hela"``.
+        root: the dataset folder.
+        kwargs: passed to :func:`make_demo_dataset` (``num_train``, ``size``, ``seed`` ...).
+    """
+    if kind not in DEMO_KINDS:
+        raise ValueError(f"unknown demo dataset kind {kind!r}; choose one of {sorted(DEMO_KINDS)}")
+    path = Path(root)
+    if (path / "datalist.json").is_file():
+        logger.info("reusing the dataset in %s", path)
+        return str(root)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise FileExistsError(
+            f"{path} exists but holds no datalist.json; refusing to write a demo dataset over it "
+            "(point dataset_dir at an empty or new folder)"
+        )
+    kwargs.setdefault("overwrite", path.exists())  # an empty folder may be replaced
+    try:
+        make_demo_dataset(kind, path, **kwargs)
+    except OSError:
+        if (path / "datalist.json").is_file():  # another process made it at the same time
+            return str(root)
+        raise
+    return str(root)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="monai-im-demo-data",
+        description="Write a seeded synthetic demo dataset (ISIC-like or HeLa-like) with a datalist.json.",
+    )
+    parser.add_argument("kind", choices=sorted(DEMO_KINDS), help="which dataset to imitate")
+    parser.add_argument("out_dir", type=Path, help="dataset folder to create")
+    parser.add_argument("--num-train", type=int, default=200, help="training images (default: %(default)s)")
+    parser.add_argument("--num-val", type=int, default=20, help="validation images (default: %(default)s)")
+    parser.add_argument("--num-test", type=int, default=40, help="test images (default: %(default)s)")
+    parser.add_argument("--size", type=int, default=256, help="image side in pixels (default: %(default)s)")
+    parser.add_argument(
+        "--labeled-fraction",
+        type=float,
+        default=0.1,
+        help="share of labeled training images (default: %(default)s)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset folder")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        out = make_demo_dataset(
+            args.kind,
+            args.out_dir,
+            num_train=args.num_train,
+            num_val=args.num_val,
+            num_test=args.num_test,
+            size=args.size,
+            labeled_fraction=args.labeled_fraction,
+            seed=args.seed,
+            overwrite=args.overwrite,
+            progress=not args.quiet,
+        )
+    except FileExistsError as e:
+        print(f"error: {e} (pass --overwrite to replace it)", file=sys.stderr)
+        return 2
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    counts = load_json(out / "dataset.json")["counts"]
+    print(
+        f"wrote {sum(counts.values())} {DEMO_KINDS[args.kind].name} images ("
+        + ", ".join(f"{n} {key}" for key, n in counts.items())
+        + f") to {out}; datalist: {out / 'datalist.json'}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

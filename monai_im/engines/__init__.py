@@ -1,0 +1,45 @@
+"""The self-training workflow: student training, ranking, pseudo-labelling and method strategies."""
+
+from __future__ import annotations
+
+from monai_im.engines.inferers import AdaptiveInferer, ensemble_predict
+from monai_im.engines.pseudo_label import FigureSample, PseudoLabeler, PseudoLabelResult
+from monai_im.engines.strategies import (
+    FullDataStrategy,
+    InconsistencyMaskStrategy,
+    LabeledOnlyStrategy,
+    ModelEnsembleStrategy,
+    PseudoLabels,
+    PseudoLabelStrategy,
+)
+from monai_im.engines.student import (
+    StudentResult,
+    build_metrics,
+    build_network,
+    load_weights,
+    make_evaluator,
+    train_student,
+)
+from monai_im.engines.study import OBSERVER_HOOKS, SelfTrainingStudy
+
+__all__ = [
+    "AdaptiveInferer",
+    "ensemble_predict",
+    "FigureSample",
+    "PseudoLabeler",
+    "PseudoLabelResult",
+    "PseudoLabels",
+    "PseudoLabelStrategy",
+    "LabeledOnlyStrategy",
+    "FullDataStrategy",
+    "InconsistencyMaskStrategy",
+    "ModelEnsembleStrategy",
+    "StudentResult",
+    "build_metrics",
+    "build_network",
+    "load_weights",
+    "make_evaluator",
+    "train_student",
+    "SelfTrainingStudy",
+    "OBSERVER_HOOKS",
+]

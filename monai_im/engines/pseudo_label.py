@@ -1,0 +1,265 @@
+"""Batched ensemble pseudo-labelling of the unlabeled set, streamed to disk.
+
+The teachers predict each batch once; the strategy turns the stacked probabilities into
+pseudo-labels (and an Inconsistency Mask); accepted pairs are written as PNG files while
+the next batch is computed. Nothing of the unlabeled set is held in memory beyond one batch,
+and the output folder appears only once it is complete (see :func:`monai_im.io.atomic_directory`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.utils import convert_to_tensor
+from tqdm.auto import tqdm
+
+from monai_im.data.datalist import write_datalist
+from monai_im.engines.inferers import ensemble_predict
+from monai_im.engines.strategies import PseudoLabelStrategy
+from monai_im.io import atomic_directory, atomic_write_json, save_png
+from monai_im.transforms import mask_image
+
+__all__ = ["PseudoLabelResult", "PseudoLabeler", "FigureSample"]
+
+
+@dataclass
+class FigureSample:
+    """The pieces of the IM figure for a few unlabeled images (CPU tensors, channel first)."""
+
+    images: torch.Tensor
+    teacher_masks: torch.Tensor
+    im: torch.Tensor
+    pseudo_label: torch.Tensor
+    masked_images: torch.Tensor
+
+
+@dataclass
+class PseudoLabelResult:
+    """What one pseudo-labelling pass produced."""
+
+    items: list[dict[str, Any]]
+    stats: dict[str, float]
+    figure: FigureSample | None = None
+    output_dir: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _uid(item: Mapping[str, Any], index: int) -> str:
+    stem = Path(str(item["image"])).name.split(".")[0]
+    return f"{index:06d}_{stem}"
+
+
+class PseudoLabeler:
+    """Pseudo-label an unlabeled set with an ensemble of teachers.
+
+    Args:
+        strategy: turns stacked teacher probabilities into :class:`PseudoLabels`.
+        inferer: how a network is applied to a batch (e.g. :class:`AdaptiveInferer`); None = direct call.
+        device: where the teachers run.
+        batch_size: images per ensemble forward pass.
+        num_workers: DataLoader workers.
+        fill_value: value written into the input image inside the IM (the paper: 0, black).
+        image_scale: factor from the preprocessed image to the 8-bit PNG written (255 for images in [0, 1]).
+        label_scale: factor from pseudo-label values to PNG values (255 writes 0/255 masks, as the datasets store them).
+        amp: mixed precision for the forward passes (CUDA only).
+        num_figure_images: how many images to keep for the IM figure.
+        progress: show a progress bar.
+    """
+
+    def __init__(
+        self,
+        strategy: PseudoLabelStrategy,
+        inferer: Callable | None = None,
+        device: str | torch.device = "cpu",
+        batch_size: int = 32,
+        num_workers: int = 0,
+        fill_value: float = 0.0,
+        image_scale: float = 255.0,
+        label_scale: float = 255.0,
+        amp: bool = False,
+        num_figure_images: int = 4,
+        progress: bool = True,
+    ) -> None:
+        self.strategy = strategy
+        self.inferer = inferer
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.fill_value = fill_value
+        self.image_scale = image_scale
+        self.label_scale = label_scale
+        self.amp = amp and self.device.type == "cuda"
+        self.num_figure_images = num_figure_images
+        self.progress = progress
+
+    def __call__(
+        self,
+        teachers: Sequence[torch.nn.Module],
+        items: Sequence[Mapping[str, Any]],
+        transform: Callable,
+        output_dir: str | os.PathLike,
+        description: str = "pseudo-labelling",
+    ) -> PseudoLabelResult:
+        """Pseudo-label the unlabeled ``items`` and write the accepted pairs under ``output_dir``.
+
+        Args:
+            teachers: the ensemble (networks returning logits).
+            items: datalist entries of the unlabeled images; an entry may carry a ``label`` known for
+                evaluation only, which then yields the pseudo-labels' agreement with that hidden truth
+                (``label_iou``, over the pixels outside the IM).
+            transform: dictionary transforms giving the network input under ``image`` (and ``label``).
+            output_dir: created atomically: it exists only when every batch has been written.
+            description: the progress bar's label.
+        """
+        from monai.data import DataLoader, Dataset
+
+        uids = [_uid(it, i) for i, it in enumerate(items)]
+        loader = DataLoader(
+            Dataset([dict(it) for it in items], transform=transform),
+            batch_size=self.batch_size,
+            shuffle=False,
+            num_workers=self.num_workers,
+        )
+        if not self.strategy.makes_pseudo_labels:
+            raise ValueError(f"strategy {self.strategy.name!r} makes no pseudo-labels")
+        for t in teachers:
+            t.eval()
+        totals: dict[str, float] = {
+            "images": 0,
+            "accepted": 0,
+            "im_fraction_sum": 0.0,
+            "im_fraction_kept_sum": 0.0,
+        }
+        quality: list[float] = []
+        quality_kept: list[float] = []
+        figure: FigureSample | None = None
+        items: list[dict[str, Any]] = []
+        output_dir = Path(output_dir)
+        with atomic_directory(output_dir, overwrite=True) as tmp, ThreadPoolExecutor(max_workers=2) as pool:
+            for sub in ("images", "labels", "ims"):
+                (tmp / sub).mkdir()
+            pending: list[Future] = []
+            bar = tqdm(loader, desc=description, unit="batch", disable=not self.progress, leave=False)
+            start = 0
+            for batch in bar:
+                images = convert_to_tensor(batch["image"], track_meta=False).to(self.device)
+                probs = self.strategy.activation(
+                    ensemble_predict(teachers, images, self.inferer, amp=self.amp), channel_dim=2
+                )
+                result = self.strategy(probs)
+                im = result.im
+                masked = images if im is None else mask_image(images, im, self.fill_value)
+                n = images.shape[0]
+                im_frac = (
+                    im.flatten(1).float().mean(1) if im is not None else torch.zeros(n, device=images.device)
+                )
+                accepted = result.accepted
+                totals["images"] += n
+                totals["accepted"] += int(accepted.sum())
+                totals["im_fraction_sum"] += float(im_frac.sum())
+                totals["im_fraction_kept_sum"] += float(im_frac[accepted].sum())
+                if "label" in batch and self.strategy.mode != "multiclass":
+                    truth = convert_to_tensor(batch["label"], track_meta=False).to(self.device) > 0
+                    iou = self._agreement(result.label > 0, truth, im)
+                    quality.extend(iou.tolist())
+                    quality_kept.extend(iou[accepted].tolist())
+                if figure is None and self.num_figure_images > 0:
+                    figure = self._figure(images, probs, result, masked)
+                # bound memory: wait for the previous batch's files before queueing this one's
+                for f in pending:
+                    f.result()
+                pending = self._write(pool, tmp, uids[start : start + n], masked, result, accepted, items)
+                start += n
+                bar.set_postfix(kept=f"{int(totals['accepted'])}/{int(totals['images'])}")
+            for f in pending:
+                f.result()
+            stats = self._stats(totals, quality, quality_kept)
+            write_datalist(
+                tmp / "datalist.json", {"pseudo_labeled": [self._relative(it, tmp) for it in items]}
+            )
+            atomic_write_json(tmp / "stats.json", stats)
+        final = [self._move(it, tmp, output_dir) for it in items]
+        return PseudoLabelResult(items=final, stats=stats, figure=figure, output_dir=str(output_dir))
+
+    @staticmethod
+    def _agreement(pred: torch.Tensor, truth: torch.Tensor, im: torch.Tensor | None) -> torch.Tensor:
+        """Per-image IoU of pseudo-label and hidden truth over the pixels outside the IM."""
+        valid = torch.ones_like(pred) if im is None else (im < 0.5).expand_as(pred)
+        inter = (pred & truth & valid).flatten(1).sum(1).float()
+        union = ((pred | truth) & valid).flatten(1).sum(1).float()
+        return torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
+
+    @staticmethod
+    def _stats(
+        totals: Mapping[str, float], quality: list[float], quality_kept: list[float]
+    ) -> dict[str, float]:
+        n = max(int(totals["images"]), 1)
+        kept = int(totals["accepted"])
+        stats = {
+            "unlabeled_images": int(totals["images"]),
+            "images_kept": kept,
+            "kept_fraction": kept / n,
+            "im_fraction": totals["im_fraction_sum"] / n,
+            "im_fraction_kept": totals["im_fraction_kept_sum"] / max(kept, 1),
+        }
+        if quality:
+            stats["label_iou"] = float(np.mean(quality))
+            stats["label_iou_kept"] = float(np.mean(quality_kept)) if quality_kept else float("nan")
+        return stats
+
+    def _figure(self, images, probs, result, masked) -> FigureSample:
+        k = min(self.num_figure_images, images.shape[0])
+        if self.strategy.mode == "multiclass":
+            classes = probs.shape[2]
+            teacher = (
+                torch.nn.functional.one_hot(probs.argmax(2), classes)
+                .movedim(-1, 2)[:, :k, 1:]
+                .amax(2, keepdim=True)
+            )
+        else:
+            teacher = probs[:, :k] > self.strategy.threshold
+        im = result.im[:k] if result.im is not None else torch.zeros_like(images[:k, :1])
+        return FigureSample(
+            images=images[:k].detach().cpu(),
+            teacher_masks=teacher.transpose(0, 1).float().cpu(),
+            im=im.float().cpu(),
+            pseudo_label=result.label[:k].float().cpu(),
+            masked_images=masked[:k].detach().cpu(),
+        )
+
+    def _write(self, pool, root: Path, uids, masked, result, accepted, items) -> list[Future]:
+        idx = torch.nonzero(accepted).flatten().tolist()
+        if not idx:
+            return []
+        imgs = (masked[idx].float() * self.image_scale).cpu().numpy()
+        labels = (result.label[idx].float() * self.label_scale).cpu().numpy()
+        ims = (result.im[idx].float() * 255).cpu().numpy() if result.im is not None else None
+        futures = []
+        for j, i in enumerate(idx):
+            uid = uids[i]
+            entry = {
+                "image": str(root / "images" / f"{uid}.png"),
+                "label": str(root / "labels" / f"{uid}.png"),
+            }
+            futures.append(pool.submit(save_png, entry["image"], imgs[j]))
+            futures.append(pool.submit(save_png, entry["label"], labels[j]))
+            if ims is not None:
+                entry["im"] = str(root / "ims" / f"{uid}.png")
+                futures.append(pool.submit(save_png, entry["im"], ims[j]))
+            items.append(entry)
+        return futures
+
+    @staticmethod
+    def _relative(item: Mapping[str, Any], root: Path) -> dict[str, Any]:
+        return {k: os.path.relpath(v, root) for k, v in item.items()}
+
+    @staticmethod
+    def _move(item: Mapping[str, Any], old: Path, new: Path) -> dict[str, Any]:
+        return {k: str(new / os.path.relpath(v, old)) for k, v in item.items()}

@@ -1,0 +1,186 @@
+"""Pseudo-labelling strategies: the one place where the methods of a study differ.
+
+The self-training workflow (:class:`monai_im.engines.SelfTrainingStudy`) is the same for
+every method: students are trained, ranked, the top ones become teachers, the teachers
+predict the unlabeled images, and new students are trained. A strategy decides
+
+- which items the students of a generation train on (:meth:`PseudoLabelStrategy.training_items`),
+- whether pseudo-labels are made at all (:attr:`PseudoLabelStrategy.makes_pseudo_labels`),
+- and how the stacked teacher probabilities become pseudo-labels (:meth:`PseudoLabelStrategy.__call__`).
+
+Methods of IM_METHOD section 4 (Noisy Student, EvalNet filtering, ...) are added as
+further subclasses that override these hooks, not as copies of the loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from monai_im.constants import IM_MODES
+from monai_im.transforms import accept_pseudo_labels, inconsistency_mask
+
+__all__ = [
+    "PseudoLabels",
+    "PseudoLabelStrategy",
+    "LabeledOnlyStrategy",
+    "FullDataStrategy",
+    "InconsistencyMaskStrategy",
+    "ModelEnsembleStrategy",
+]
+
+
+@dataclass
+class PseudoLabels:
+    """Pseudo-labels of one batch.
+
+    Attributes:
+        label: (B, Cp, *spatial) pseudo-labels (0/1 masks, or class indices for multiclass).
+        im: (B, 1, *spatial) Inconsistency Mask (1 = cut out), or None for strategies without one.
+        accepted: (B,) bool, which images are kept.
+    """
+
+    label: torch.Tensor
+    im: torch.Tensor | None
+    accepted: torch.Tensor
+
+
+class PseudoLabelStrategy:
+    """Base class: labeled-only training, no pseudo-labels.
+
+    Args:
+        mode: "binary", "multiclass" or "multilabel"; decides the activation (sigmoid or softmax).
+        threshold: probability above which a pixel is foreground (binary and multilabel).
+    """
+
+    name: str = "base"
+    makes_pseudo_labels: bool = False
+
+    def __init__(self, mode: str = "binary", threshold: float = 0.5) -> None:
+        if mode not in IM_MODES:
+            raise ValueError(f"mode must be one of {IM_MODES}, got {mode!r}")
+        if not 0.0 < threshold < 1.0:
+            raise ValueError(f"threshold must be in (0, 1), got {threshold}")
+        self.mode = mode
+        self.threshold = threshold
+
+    def activation(self, logits: torch.Tensor, channel_dim: int = -1) -> torch.Tensor:
+        """Turn network logits into probabilities (softmax over ``channel_dim`` for multiclass)."""
+        if self.mode == "multiclass":
+            return torch.softmax(logits.float(), dim=channel_dim)
+        return torch.sigmoid(logits.float())
+
+    def training_items(
+        self, datalist: Mapping[str, Sequence[Mapping[str, Any]]], pseudo_items: Sequence[Mapping[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """The items the students of a generation train on."""
+        return [dict(it) for it in datalist["labeled"]] + [dict(it) for it in pseudo_items]
+
+    def __call__(self, probs: torch.Tensor) -> PseudoLabels:
+        """Make pseudo-labels from stacked teacher probabilities of shape (E, B, C, *spatial)."""
+        raise NotImplementedError(f"{type(self).__name__} makes no pseudo-labels")
+
+    def describe(self) -> dict[str, Any]:
+        """Parameters of the strategy, for tracking."""
+        return {"method": self.name, "mode": self.mode, "threshold": self.threshold}
+
+
+class LabeledOnlyStrategy(PseudoLabelStrategy):
+    """LDT: students see the labeled images only; no generations after the first."""
+
+    name = "ldt"
+
+
+class FullDataStrategy(PseudoLabelStrategy):
+    """FDT: the upper reference; students see every training label (labeled + unlabeled with labels)."""
+
+    name = "fdt"
+
+    def training_items(self, datalist, pseudo_items):  # noqa: D102
+        missing = [it["image"] for it in datalist.get("unlabeled", []) if "label" not in it]
+        if missing:
+            raise ValueError(
+                f"full-data training needs labels for every unlabeled image; {len(missing)} have none, "
+                f"e.g. {missing[0]}"
+            )
+        items = list(datalist["labeled"]) + list(datalist.get("unlabeled", []))
+        return [{k: v for k, v in it.items() if k in ("image", "label")} for it in items]
+
+
+class InconsistencyMaskStrategy(PseudoLabelStrategy):
+    """IM: keep what all teachers agree on, cut the disagreement out of image and pseudo-label.
+
+    Args:
+        mode: "binary", "multiclass" or "multilabel" (IM_METHOD section 1).
+        threshold: foreground threshold of each teacher (binary, multilabel).
+        dilation: kernel size of an optional IM dilation (0 = none, as in the paper).
+        min_foreground: an image is kept only with at least this many agreed foreground pixels.
+        foreground_exceeds_im: the paper's rule: keep only if the agreed foreground is larger than the IM.
+        max_im_fraction: also reject images whose IM covers more than this fraction.
+    """
+
+    name = "im"
+    makes_pseudo_labels = True
+
+    def __init__(
+        self,
+        mode: str = "binary",
+        threshold: float = 0.5,
+        dilation: int = 0,
+        min_foreground: int = 1,
+        foreground_exceeds_im: bool = True,
+        max_im_fraction: float | None = None,
+    ) -> None:
+        super().__init__(mode=mode, threshold=threshold)
+        self.dilation = dilation
+        self.min_foreground = min_foreground
+        self.foreground_exceeds_im = foreground_exceeds_im
+        self.max_im_fraction = max_im_fraction
+
+    def __call__(self, probs: torch.Tensor) -> PseudoLabels:
+        label, im = inconsistency_mask(
+            probs, mode=self.mode, threshold=self.threshold, dilation=self.dilation
+        )
+        accepted = accept_pseudo_labels(
+            label,
+            im,
+            mode=self.mode,
+            min_foreground=self.min_foreground,
+            foreground_exceeds_im=self.foreground_exceeds_im,
+            max_im_fraction=self.max_im_fraction,
+        )
+        return PseudoLabels(label=label, im=im, accepted=accepted)
+
+    def describe(self) -> dict[str, Any]:  # noqa: D102
+        return {
+            **super().describe(),
+            "im_dilation": self.dilation,
+            "min_foreground": self.min_foreground,
+            "foreground_exceeds_im": self.foreground_exceeds_im,
+            "max_im_fraction": self.max_im_fraction,
+        }
+
+
+class ModelEnsembleStrategy(PseudoLabelStrategy):
+    """Model Ensemble: pseudo-labels from the teachers' consensus, nothing cut out.
+
+    Binary: foreground where all teachers agree (IM_METHOD section 4); multiclass: argmax of the
+    mean softmax; multilabel: mean probability above the threshold. Images with no foreground
+    are dropped.
+    """
+
+    name = "model_ensemble"
+    makes_pseudo_labels = True
+
+    def __call__(self, probs: torch.Tensor) -> PseudoLabels:
+        if self.mode == "binary":
+            label = (probs > self.threshold).all(dim=0).to(probs.dtype)
+        elif self.mode == "multiclass":
+            label = probs.mean(dim=0).argmax(dim=1, keepdim=True).to(probs.dtype)
+        else:
+            label = (probs.mean(dim=0) > self.threshold).to(probs.dtype)
+        accepted = label.flatten(1).gt(0).any(dim=1)
+        return PseudoLabels(label=label, im=None, accepted=accepted)

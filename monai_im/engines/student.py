@@ -1,0 +1,227 @@
+"""Training and evaluating one student with MONAI engines."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from ignite.engine import Events
+from ignite.metrics import Metric
+from monai.engines import SupervisedEvaluator, SupervisedTrainer
+from monai.handlers import CheckpointSaver, ValidationHandler
+from monai.inferers import Inferer
+
+from monai_im.handlers.progress import EpochProgressBar
+
+__all__ = [
+    "StudentResult",
+    "build_network",
+    "build_metrics",
+    "make_evaluator",
+    "train_student",
+    "load_weights",
+]
+
+
+@dataclass
+class StudentResult:
+    """The outcome of one student, saved as ``result.json`` beside its checkpoint."""
+
+    generation: int
+    index: int
+    best_metric: float
+    best_epoch: int
+    checkpoint: str
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> StudentResult:
+        return cls(
+            **{
+                k: d[k]
+                for k in ("generation", "index", "best_metric", "best_epoch", "checkpoint", "history")
+                if k in d
+            }
+        )
+
+
+def build_network(network: torch.nn.Module | Callable[[], torch.nn.Module]) -> torch.nn.Module:
+    """A freshly initialised network from a factory, or from a template module (deep copy, parameters reset)."""
+    if isinstance(network, torch.nn.Module):
+        net = copy.deepcopy(network)
+        for m in net.modules():
+            if m is not net and hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+        return net
+    return network()
+
+
+def build_metrics(
+    metrics: Mapping[str, Metric | Callable[[], Metric]], prefix: str = ""
+) -> dict[str, Metric]:
+    """Fresh, unattached metric handlers (ignite metrics are stateful and attach to one engine)."""
+    out = {}
+    for name, m in metrics.items():
+        out[f"{prefix}{name}"] = copy.deepcopy(m) if isinstance(m, Metric) else m()
+    return out
+
+
+def make_evaluator(
+    network: torch.nn.Module,
+    loader: Any,
+    device: torch.device,
+    key_metric: Mapping[str, Any],
+    additional_metrics: Mapping[str, Any] | None = None,
+    inferer: Inferer | None = None,
+    postprocessing: Callable | None = None,
+    higher_is_better: bool = True,
+    amp: bool = False,
+    prefix: str = "",
+    handlers: Sequence[Any] = (),
+) -> SupervisedEvaluator:
+    """A MONAI SupervisedEvaluator with fresh copies of the key and additional metrics."""
+    return SupervisedEvaluator(
+        device=device,
+        val_data_loader=loader,
+        network=network,
+        inferer=inferer,
+        postprocessing=postprocessing,
+        key_val_metric=build_metrics(key_metric, prefix),
+        additional_metrics=build_metrics(additional_metrics or {}, prefix),
+        metric_cmp_fn=(lambda cur, best: cur > best) if higher_is_better else (lambda cur, best: cur < best),
+        val_handlers=list(handlers),
+        amp=amp,
+    )
+
+
+def load_weights(
+    network: torch.nn.Module, path: str | Path, device: torch.device | str = "cpu"
+) -> torch.nn.Module:
+    """Load a checkpoint saved by a student, weights only (no arbitrary objects are unpickled)."""
+    state = torch.load(path, map_location=device, weights_only=True)
+    if isinstance(state, Mapping) and "model" in state and isinstance(state["model"], Mapping):
+        state = state["model"]
+    network.load_state_dict(state)
+    return network
+
+
+def train_student(
+    *,
+    generation: int,
+    index: int,
+    network: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_function: Callable,
+    train_loader: Any,
+    val_loader: Any,
+    device: torch.device,
+    epochs: int,
+    save_dir: str | Path,
+    key_metric: Mapping[str, Any],
+    additional_metrics: Mapping[str, Any] | None = None,
+    val_interval: int = 1,
+    inferer: Inferer | None = None,
+    postprocessing: Callable | None = None,
+    higher_is_better: bool = True,
+    amp: bool = False,
+    extra_handlers: Sequence[Any] = (),
+    progress: bool = True,
+) -> StudentResult:
+    """Train one student from scratch and keep its best checkpoint on the validation key metric.
+
+    The checkpoint is written as ``<save_dir>/model.pt`` (a state dict, atomically, by MONAI's
+    CheckpointSaver) whenever the key metric improves.
+
+    Returns:
+        The best validation key metric, its epoch, the checkpoint path and the per-epoch history.
+    """
+    save_dir = Path(save_dir)
+    save_dir.mkdir(parents=True, exist_ok=True)
+    key_name = f"val_{next(iter(key_metric))}"
+    saver = CheckpointSaver(
+        save_dir=str(save_dir),
+        save_dict={"model": network},
+        save_key_metric=True,
+        key_metric_filename="model.pt",
+        key_metric_negative_sign=not higher_is_better,
+    )
+    evaluator = make_evaluator(
+        network,
+        val_loader,
+        device,
+        key_metric,
+        additional_metrics,
+        inferer=inferer,
+        postprocessing=postprocessing,
+        higher_is_better=higher_is_better,
+        amp=amp,
+        prefix="val_",
+        handlers=[saver],
+    )
+    trainer = SupervisedTrainer(
+        device=device,
+        max_epochs=epochs,
+        train_data_loader=train_loader,
+        network=network,
+        optimizer=optimizer,
+        loss_function=loss_function,
+        amp=amp,
+        decollate=False,
+        train_handlers=[ValidationHandler(interval=val_interval, validator=evaluator, epoch_level=True)],
+    )
+    if epochs % val_interval != 0:  # always validate the last epoch too
+        trainer.add_event_handler(Events.EPOCH_COMPLETED(once=epochs), lambda e: evaluator.run(e.state.epoch))
+    history: list[dict[str, float]] = []
+    loss_sum: dict[str, Any] = {"total": torch.zeros((), device=device), "count": 0}
+
+    @trainer.on(Events.EPOCH_STARTED)
+    def _reset(engine) -> None:
+        loss_sum["total"] = torch.zeros((), device=device)
+        loss_sum["count"] = 0
+
+    @trainer.on(Events.ITERATION_COMPLETED)
+    def _accumulate(engine) -> None:
+        loss_sum["total"] += engine.state.output["loss"].detach()
+        loss_sum["count"] += 1
+
+    @trainer.on(Events.EPOCH_COMPLETED)
+    def _record(engine) -> None:
+        engine.state.epoch_loss = float(loss_sum["total"]) / max(loss_sum["count"], 1)
+        row = {"epoch": engine.state.epoch, "train_loss": engine.state.epoch_loss}
+        if evaluator.state.epoch == engine.state.epoch:
+            row.update({k: float(v) for k, v in evaluator.state.metrics.items() if _is_number(v)})
+        history.append(row)
+        engine.state.history_row = row
+
+    EpochProgressBar(
+        desc=f"gen {generation} student {index}",
+        metric_name=key_name,
+        validator=evaluator,
+        disable=not progress,
+    ).attach(trainer)
+    for h in extra_handlers:
+        h.attach(trainer)
+    trainer.run()
+    return StudentResult(
+        generation=generation,
+        index=index,
+        best_metric=float(evaluator.state.best_metric),
+        best_epoch=int(evaluator.state.best_metric_epoch),
+        checkpoint=str(save_dir / "model.pt"),
+        history=history,
+    )
+
+
+def _is_number(v: Any) -> bool:
+    try:
+        float(v)
+        return True
+    except (TypeError, ValueError):
+        return False

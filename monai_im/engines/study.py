@@ -1,0 +1,461 @@
+"""The self-training workflow: students -> teachers -> pseudo-labels -> next students.
+
+One :class:`SelfTrainingStudy` runs a whole study from bundle JSON: generation 0 trains
+``num_students`` students on the labeled set; each later generation ranks the previous
+students on the validation key metric, takes the top ``num_teachers`` as teachers, lets
+the strategy pseudo-label the unlabeled set, and trains new students from scratch on
+labeled + pseudo-labeled data. The best student of every generation is scored on the
+test set.
+
+Everything a study writes lives under ``output_dir``; finished students (``result.json``),
+finished pseudo-label sets (an atomically created folder) and finished generations
+(``summary.json``) are never redone, so running the same command after an interruption
+continues where the study stopped.
+
+Observers (e.g. :class:`monai_im.handlers.MLflowStudyHandler`) are told what happens through
+the hooks listed in :data:`OBSERVER_HOOKS`; they watch the flow and never steer it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from monai.data import CacheDataset, DataLoader
+from monai.inferers import Inferer
+from monai.utils import set_determinism
+
+from monai_im.engines.pseudo_label import PseudoLabeler, PseudoLabelResult
+from monai_im.engines.strategies import InconsistencyMaskStrategy, PseudoLabelStrategy
+from monai_im.engines.student import StudentResult, build_network, load_weights, make_evaluator, train_student
+from monai_im.io import atomic_write_bytes, atomic_write_json, load_json
+
+__all__ = ["SelfTrainingStudy", "OBSERVER_HOOKS"]
+
+logger = logging.getLogger("monai_im")
+
+#: Hooks an observer may implement: ``hook(study, **kwargs)``.
+OBSERVER_HOOKS = (
+    "study_started",  # (study)
+    "generation_started",  # (study, generation)
+    "student_started",  # (study, generation, index, trainer)  -- attach epoch handlers here
+    "student_finished",  # (study, result: StudentResult, resumed: bool)
+    "pseudo_labels_ready",  # (study, generation, result: PseudoLabelResult, figure: Path | None, resumed: bool)
+    "generation_finished",  # (study, summary: dict, resumed: bool)
+    "study_finished",  # (study, summaries: list[dict])
+)
+
+
+class SelfTrainingStudy:
+    """A whole self-training study (generation 0, pseudo-labelling, generations 1..G).
+
+    Args:
+        datalist: the dataset, as returned by :func:`monai_im.data.load_datalist`.
+        output_dir: where checkpoints, pseudo-labels and summaries go.
+        network: a factory returning a new network (``_mode_: "callable"`` in JSON), or a template
+            module that is deep-copied and re-initialised for every student.
+        optimizer: a factory taking the parameters, e.g. ``torch.optim.AdamW`` with ``_mode_: "callable"``.
+        loss_function: the training loss.
+        train_transforms: dictionary transforms for labeled and pseudo-labeled items (keys image, label, im).
+        eval_transforms: dictionary transforms for validation and test items (keys image, label).
+        infer_transforms: dictionary transforms for unlabeled items (key image; label when present).
+        key_metric: ``{name: metric handler}``; the validation key metric (logged as ``val_<name>``) that
+            ranks students and picks checkpoints; the test metrics are ``test_<name>``.
+        additional_metrics: further ``{name: metric handler}`` computed on validation and test.
+        strategy: the pseudo-labelling method (default: Inconsistency Masks, binary).
+        postprocessing: evaluator post-processing (activation + discretisation of ``pred``).
+        num_students: students per generation (K).
+        num_teachers: teachers per generation (n, the top-n students of the previous generation).
+        num_generations: generations after generation 0 (G).
+        epochs: training epochs per student.
+        batch_size: training and inference batch size.
+        val_interval: validate every this many epochs (and after the last epoch).
+        seed: base seed; student k of generation g uses ``seed + 1000 * g + k``.
+        device: torch device; default CUDA when available, else CPU.
+        amp: mixed precision (used on CUDA only).
+        inferer: how networks are applied in validation, test and pseudo-labelling (e.g. AdaptiveInferer).
+        higher_is_better: direction of the key metric (False for errors such as MCCE).
+        num_workers: DataLoader workers.
+        cache_rate: fraction of each dataset cached in memory after the deterministic transforms.
+        pseudo_labeler: options for :class:`PseudoLabeler` (fill_value, image_scale, label_scale, ...).
+        handlers: observers, e.g. an MLflow handler; each one's ``attach(study)`` is called.
+        params: extra study parameters for tracking (dataset name, labeled fraction, image size, ...).
+        progress: show progress bars.
+    """
+
+    def __init__(
+        self,
+        datalist: Mapping[str, Sequence[Mapping[str, Any]]],
+        output_dir: str | Path,
+        network: torch.nn.Module | Callable[[], torch.nn.Module],
+        optimizer: Callable[..., torch.optim.Optimizer],
+        loss_function: Callable,
+        train_transforms: Callable,
+        eval_transforms: Callable,
+        infer_transforms: Callable,
+        key_metric: Mapping[str, Any],
+        additional_metrics: Mapping[str, Any] | None = None,
+        strategy: PseudoLabelStrategy | None = None,
+        postprocessing: Callable | None = None,
+        num_students: int = 5,
+        num_teachers: int = 3,
+        num_generations: int = 5,
+        epochs: int = 50,
+        batch_size: int = 32,
+        val_interval: int = 1,
+        seed: int = 42,
+        device: str | torch.device | None = None,
+        amp: bool = True,
+        inferer: Inferer | None = None,
+        higher_is_better: bool = True,
+        num_workers: int = 0,
+        cache_rate: float = 1.0,
+        pseudo_labeler: Mapping[str, Any] | None = None,
+        handlers: Sequence[Any] = (),
+        params: Mapping[str, Any] | None = None,
+        progress: bool = True,
+    ) -> None:
+        if len(key_metric) != 1:
+            raise ValueError(f"key_metric must hold exactly one metric, got {list(key_metric)}")
+        if num_students < 1 or epochs < 1 or batch_size < 1 or num_generations < 0:
+            raise ValueError("num_students, epochs and batch_size must be >= 1 and num_generations >= 0")
+        self.strategy = strategy if strategy is not None else InconsistencyMaskStrategy()
+        if self.strategy.makes_pseudo_labels and not 1 <= num_teachers <= num_students:
+            raise ValueError(f"num_teachers must be in 1..num_students ({num_students}), got {num_teachers}")
+        if self.strategy.makes_pseudo_labels and num_generations > 0 and not datalist.get("unlabeled"):
+            raise ValueError("the datalist has no 'unlabeled' images to pseudo-label")
+        if not datalist.get("labeled") or not datalist.get("validation"):
+            raise ValueError("the datalist needs 'labeled' and 'validation' entries")
+        self.datalist = datalist
+        self.output_dir = Path(output_dir)
+        self.network = network
+        self.optimizer = optimizer
+        self.loss_function = loss_function
+        self.train_transforms = train_transforms
+        self.eval_transforms = eval_transforms
+        self.infer_transforms = infer_transforms
+        self.key_metric = dict(key_metric)
+        self.key_metric_name = next(iter(self.key_metric))
+        self.additional_metrics = dict(additional_metrics or {})
+        self.postprocessing = postprocessing
+        self.num_students = num_students
+        self.num_teachers = num_teachers
+        self.num_generations = num_generations if self.strategy.makes_pseudo_labels else 0
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.val_interval = val_interval
+        self.seed = seed
+        self.device = (
+            torch.device(device)
+            if device is not None
+            else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        )
+        self.amp = bool(amp) and self.device.type == "cuda"
+        self.inferer = inferer
+        self.higher_is_better = higher_is_better
+        self.num_workers = num_workers
+        self.cache_rate = cache_rate
+        self.pseudo_labeler = PseudoLabeler(
+            self.strategy,
+            inferer=inferer,
+            device=self.device,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            amp=self.amp,
+            progress=progress,
+            **dict(pseudo_labeler or {}),
+        )
+        self.params = dict(params or {})
+        self.progress = progress
+        self.observers: list[Any] = []
+        self._val_loader: DataLoader | None = None
+        self._test_loader: DataLoader | None = None
+        for h in handlers:
+            h.attach(self)
+        if num_generations > 0 and not self.strategy.makes_pseudo_labels:
+            logger.info(f"method '{self.strategy.name}' makes no pseudo-labels: only generation 0 runs")
+
+    # ------------------------------------------------------------------ observers
+    def add_observer(self, observer: Any) -> None:
+        """Register an observer; it is told of the study's progress through :data:`OBSERVER_HOOKS`."""
+        self.observers.append(observer)
+
+    def _notify(self, hook: str, **kwargs: Any) -> None:
+        for obs in self.observers:
+            fn = getattr(obs, hook, None)
+            if fn is not None:
+                fn(self, **kwargs)
+
+    def describe(self) -> dict[str, Any]:
+        """The study's parameters (for tracking and the run summary)."""
+        return {
+            **self.strategy.describe(),
+            "students": self.num_students,
+            "teachers": self.num_teachers,
+            "generations": self.num_generations,
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "seed": self.seed,
+            "key_metric": self.key_metric_name,
+            "labeled_images": len(self.datalist["labeled"]),
+            "unlabeled_images": len(self.datalist.get("unlabeled", [])),
+            **self.params,
+        }
+
+    # ------------------------------------------------------------------ paths
+    def generation_dir(self, generation: int) -> Path:
+        return self.output_dir / f"generation_{generation}"
+
+    def student_dir(self, generation: int, index: int) -> Path:
+        return self.generation_dir(generation) / f"student_{index}"
+
+    # ------------------------------------------------------------------ data
+    def _loader(
+        self, items: Sequence[Mapping[str, Any]], transform: Callable, shuffle: bool = False, seed: int = 0
+    ) -> DataLoader:
+        ds = CacheDataset(
+            list(items),
+            transform=transform,
+            cache_rate=self.cache_rate,
+            num_workers=self.num_workers,
+            progress=False,
+        )
+        gen = torch.Generator().manual_seed(seed) if shuffle else None
+        return DataLoader(
+            ds, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers, generator=gen
+        )
+
+    @property
+    def val_loader(self) -> DataLoader:
+        if self._val_loader is None:
+            self._val_loader = self._loader(self.datalist["validation"], self.eval_transforms)
+        return self._val_loader
+
+    @property
+    def test_loader(self) -> DataLoader | None:
+        if self._test_loader is None and self.datalist.get("test"):
+            self._test_loader = self._loader(self.datalist["test"], self.eval_transforms)
+        return self._test_loader
+
+    # ------------------------------------------------------------------ steps
+    def rank(self, results: Sequence[StudentResult]) -> list[StudentResult]:
+        """Students sorted best first on the validation key metric."""
+        return sorted(results, key=lambda r: r.best_metric, reverse=self.higher_is_better)
+
+    def load_student(self, result: StudentResult) -> torch.nn.Module:
+        net = build_network(self.network).to(self.device)
+        return load_weights(net, result.checkpoint, self.device).eval()
+
+    def pseudo_label(
+        self, generation: int, teachers: Sequence[StudentResult]
+    ) -> tuple[PseudoLabelResult, Path | None, bool]:
+        """Pseudo-label the unlabeled set with the teachers, or reuse a finished set from an earlier run."""
+        out = self.generation_dir(generation) / "pseudo_labels"
+        figure = self.generation_dir(generation) / "im_figure.png"
+        if (out / "datalist.json").is_file() and (out / "stats.json").is_file():
+            rows = load_json(out / "datalist.json")["pseudo_labeled"]
+            items = [{k: str(out / v) for k, v in row.items()} for row in rows]
+            result = PseudoLabelResult(items=items, stats=load_json(out / "stats.json"), output_dir=str(out))
+            return result, (figure if figure.is_file() else None), True
+        nets = [self.load_student(t) for t in teachers]
+        unlabeled = self.datalist["unlabeled"]
+        has_labels = all("label" in it for it in unlabeled)
+        transform = self.eval_transforms if has_labels else self.infer_transforms
+        result = self.pseudo_labeler(
+            nets, unlabeled, transform, out, description=f"gen {generation} pseudo-labels"
+        )
+        fig_path = None
+        if result.figure is not None:
+            from monai_im.visualize import plot_inconsistency_mask
+
+            f = result.figure
+            fig_path = Path(
+                plot_inconsistency_mask(
+                    f.images,
+                    f.teacher_masks,
+                    f.im,
+                    f.pseudo_label,
+                    f.masked_images,
+                    figure,
+                    reverse_indexing=True,
+                )
+            )
+        return result, fig_path, False
+
+    def train_generation(self, generation: int, items: Sequence[Mapping[str, Any]]) -> list[StudentResult]:
+        """Train (or reload) the K students of a generation."""
+        results: list[StudentResult] = []
+        train_ds = None
+        for k in range(self.num_students):
+            sdir = self.student_dir(generation, k)
+            done = sdir / "result.json"
+            if done.is_file() and Path(load_json(done)["checkpoint"]).is_file():
+                result = StudentResult.from_dict(load_json(done))
+                self._notify("student_finished", result=result, resumed=True)
+                results.append(result)
+                continue
+            if train_ds is None:
+                train_ds = CacheDataset(
+                    list(items),
+                    transform=self.train_transforms,
+                    cache_rate=self.cache_rate,
+                    num_workers=self.num_workers,
+                    progress=False,
+                )
+            seed = self.seed + 1000 * generation + k
+            set_determinism(seed=seed)
+            net = build_network(self.network).to(self.device)
+            loader = DataLoader(
+                train_ds,
+                batch_size=self.batch_size,
+                shuffle=True,
+                num_workers=self.num_workers,
+                generator=torch.Generator().manual_seed(seed),
+                drop_last=len(train_ds) > self.batch_size,
+            )
+            hook = _StudentHook(self, generation, k)
+            result = train_student(
+                generation=generation,
+                index=k,
+                network=net,
+                optimizer=self.optimizer(net.parameters()),
+                loss_function=self.loss_function,
+                train_loader=loader,
+                val_loader=self.val_loader,
+                device=self.device,
+                epochs=self.epochs,
+                save_dir=sdir,
+                key_metric=self.key_metric,
+                additional_metrics=self.additional_metrics,
+                val_interval=self.val_interval,
+                inferer=self.inferer,
+                postprocessing=self.postprocessing,
+                higher_is_better=self.higher_is_better,
+                amp=self.amp,
+                extra_handlers=[hook],
+                progress=self.progress,
+            )
+            atomic_write_json(done, result.to_dict())
+            self._notify("student_finished", result=result, resumed=False)
+            results.append(result)
+        set_determinism(seed=None)
+        return results
+
+    def evaluate(self, result: StudentResult, loader: Any, prefix: str = "test_") -> dict[str, float]:
+        """Key and additional metrics of a student's checkpoint on a labeled set."""
+        net = self.load_student(result)
+        evaluator = make_evaluator(
+            net,
+            loader,
+            self.device,
+            self.key_metric,
+            self.additional_metrics,
+            inferer=self.inferer,
+            postprocessing=self.postprocessing,
+            higher_is_better=self.higher_is_better,
+            amp=self.amp,
+            prefix=prefix,
+        )
+        evaluator.run()
+        return {
+            k: float(v)
+            for k, v in evaluator.state.metrics.items()
+            if isinstance(v, (int, float)) or torch.is_tensor(v)
+        }
+
+    def run(self) -> list[dict[str, Any]]:
+        """Run (or continue) the whole study; returns one summary per generation."""
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self._notify("study_started")
+        summaries: list[dict[str, Any]] = []
+        previous: list[StudentResult] = []
+        for g in range(self.num_generations + 1):
+            gdir = self.generation_dir(g)
+            summary_file = gdir / "summary.json"
+            if summary_file.is_file():
+                summary = load_json(summary_file)
+                previous = [StudentResult.from_dict(d) for d in summary["students"]]
+                self._notify("generation_finished", summary=summary, resumed=True)
+                summaries.append(summary)
+                continue
+            start = time.time()
+            self._notify("generation_started", generation=g)
+            pseudo_items: list[dict[str, Any]] = []
+            pseudo_stats: dict[str, float] = {}
+            teachers: list[StudentResult] = []
+            if g > 0:
+                teachers = self.rank(previous)[: self.num_teachers]
+                plr, fig, resumed = self.pseudo_label(g, teachers)
+                pseudo_items, pseudo_stats = plr.items, plr.stats
+                self._notify("pseudo_labels_ready", generation=g, result=plr, figure=fig, resumed=resumed)
+            items = self.strategy.training_items(self.datalist, pseudo_items)
+            students = self.train_generation(g, items)
+            ranked = self.rank(students)
+            best = ranked[0]
+            test = self.evaluate(best, self.test_loader) if self.test_loader is not None else {}
+            summary = {
+                "generation": g,
+                "method": self.strategy.name,
+                "training_images": len(items),
+                "teachers": [t.index for t in teachers],
+                "ranking": [r.index for r in ranked],
+                "best_student": best.index,
+                f"val_{self.key_metric_name}": best.best_metric,
+                "test": test,
+                "pseudo_labels": pseudo_stats,
+                "checkpoint": best.checkpoint,
+                "seconds": round(time.time() - start, 1),
+                "students": [s.to_dict() for s in students],
+            }
+            atomic_write_json(summary_file, summary)
+            logger.info(self.summary_line(summary))
+            self._notify("generation_finished", summary=summary, resumed=False)
+            summaries.append(summary)
+            previous = students
+        final = self.output_dir / "model.pt"
+        atomic_write_bytes(final, Path(summaries[-1]["checkpoint"]).read_bytes())
+        atomic_write_json(
+            self.output_dir / "results.json",
+            {
+                "study": self.describe(),
+                "model": str(final),
+                "generations": [{k: v for k, v in s.items() if k != "students"} for s in summaries],
+            },
+        )
+        self._notify("study_finished", summaries=summaries)
+        logger.info(
+            f"study finished: results in {self.output_dir.resolve()} (results.json, generation_*/summary.json); "
+            f"best model of the last generation: {final}"
+        )
+        return summaries
+
+    def summary_line(self, summary: Mapping[str, Any]) -> str:
+        """One line per generation: best student, validation and test metrics, pseudo-label statistics."""
+        key = f"val_{self.key_metric_name}"
+        parts = [
+            f"generation {summary['generation']} [{summary['method']}]",
+            f"best student {summary['best_student']}",
+            f"{key}={summary[key]:.4f}",
+        ]
+        parts += [f"{k}={v:.4f}" for k, v in summary.get("test", {}).items()]
+        ps = summary.get("pseudo_labels") or {}
+        if ps:
+            parts.append(
+                f"pseudo-labels kept {ps['images_kept']}/{ps['unlabeled_images']}, IM {100 * ps['im_fraction']:.1f}%"
+            )
+        parts.append(f"{summary['seconds']:.0f}s")
+        return " | ".join(parts)
+
+
+class _StudentHook:
+    """Attaches the observers' per-student handlers to a new trainer."""
+
+    def __init__(self, study: SelfTrainingStudy, generation: int, index: int) -> None:
+        self.study, self.generation, self.index = study, generation, index
+
+    def attach(self, trainer: Any) -> None:
+        self.study._notify("student_started", generation=self.generation, index=self.index, trainer=trainer)

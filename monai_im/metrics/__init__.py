@@ -1,0 +1,41 @@
+"""Per-image segmentation metrics of the IM studies, as functions, MONAI metrics and ignite handlers.
+
+- :mod:`.functional`: per-image IoU / Dice, per-channel IoU, present-class mean IoU (and the empty-mask
+  convention).
+- :mod:`.cell_count`: HeLa cell counts and the cell count error (MCCE).
+- :mod:`.classes`: :class:`monai.metrics.CumulativeIterationMetric` subclasses.
+- :mod:`.handlers`: :class:`monai.handlers.IgniteMetricHandler` subclasses for MONAI engines.
+"""
+
+from __future__ import annotations
+
+from .cell_count import cell_count_error, cell_counts
+from .classes import (
+    CellCountErrorMetric,
+    ChannelIoUMetric,
+    PerImageDiceMetric,
+    PerImageIoUMetric,
+    PresentClassMeanIoUMetric,
+)
+from .functional import binary_dice, binary_iou, channel_dice, channel_iou, present_class_miou
+from .handlers import ChannelMeanIoU, MeanCellCountError, PerImageDice, PerImageIoU, PresentClassMeanIoU
+
+__all__ = [
+    "CellCountErrorMetric",
+    "ChannelIoUMetric",
+    "ChannelMeanIoU",
+    "MeanCellCountError",
+    "PerImageDice",
+    "PerImageDiceMetric",
+    "PerImageIoU",
+    "PerImageIoUMetric",
+    "PresentClassMeanIoU",
+    "PresentClassMeanIoUMetric",
+    "binary_dice",
+    "binary_iou",
+    "cell_count_error",
+    "cell_counts",
+    "channel_dice",
+    "channel_iou",
+    "present_class_miou",
+]

@@ -1,0 +1,43 @@
+"""Inconsistency Mask transforms: functional (batched torch), array and dictionary (MONAI style)."""
+
+from __future__ import annotations
+
+from monai_im.transforms.array import (
+    AcceptPseudoLabel,
+    ApplyInconsistencyMask,
+    EnsureNumChannels,
+    InconsistencyMask,
+)
+from monai_im.transforms.dictionary import (
+    AcceptPseudoLabeld,
+    ApplyInconsistencyMaskd,
+    EnsureNumChannelsd,
+    InconsistencyMaskd,
+)
+from monai_im.transforms.functional import (
+    accept_pseudo_labels,
+    dilate_mask,
+    inconsistency_mask,
+    mask_image,
+    mask_label,
+)
+from monai_im.transforms.io import SaveSegmentationd
+from monai_im.transforms.presets import image_segmentation_transforms
+
+__all__ = [
+    "AcceptPseudoLabel",
+    "AcceptPseudoLabeld",
+    "ApplyInconsistencyMask",
+    "ApplyInconsistencyMaskd",
+    "EnsureNumChannels",
+    "EnsureNumChannelsd",
+    "InconsistencyMask",
+    "InconsistencyMaskd",
+    "SaveSegmentationd",
+    "image_segmentation_transforms",
+    "accept_pseudo_labels",
+    "dilate_mask",
+    "inconsistency_mask",
+    "mask_image",
+    "mask_label",
+]

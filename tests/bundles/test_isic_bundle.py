@@ -1,0 +1,188 @@
+"""The real isic_im bundle, end to end on tiny synthetic data, through the monai.bundle API."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[2]
+TRAIN = str(REPO / "bundles/isic_im/configs/train.json")
+DEMO = str(REPO / "bundles/isic_im/configs/demo.json")
+
+
+def tiny_overrides(dataset_dir: str, output_dir: Path, **extra) -> dict:
+    return {
+        "dataset_dir": dataset_dir,
+        "output_dir": str(output_dir),
+        "image_size": [32, 32],
+        "epochs": 3,
+        "batch_size": 4,
+        "num_students": 2,
+        "num_teachers": 2,
+        "num_generations": 2,
+        "progress": False,
+        # accept every pseudo-label, so that the IM cut-outs of every image can be checked
+        "min_foreground": 0,
+        "foreground_exceeds_im": False,
+        **extra,
+    }
+
+
+def run_bundle(overrides: dict) -> None:
+    from monai.bundle import run
+
+    run(config_file=[TRAIN, DEMO], logging_file=False, **overrides)
+
+
+def mlflow_runs(output_dir: Path, experiment: str = "isic_im_demo"):
+    client = MlflowClient(f"sqlite:///{output_dir / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(experiment)
+    return client, client.search_runs([exp.experiment_id], max_results=1000)
+
+
+@pytest.mark.slow
+def test_study_end_to_end_then_resume_after_interruption(isic_tiny, tmp_path, monkeypatch):
+    import monai_im.engines.pseudo_label as pl_mod
+    import monai_im.engines.study as study_mod
+
+    out = tmp_path / "run"
+    real_train = study_mod.train_student
+    trained: list[tuple[int, int]] = []
+
+    def interrupted_train(**kwargs):
+        if len(trained) == 3:  # the second student of generation 1
+            raise KeyboardInterrupt
+        trained.append((kwargs["generation"], kwargs["index"]))
+        return real_train(**kwargs)
+
+    monkeypatch.setattr(study_mod, "train_student", interrupted_train)
+    with pytest.raises(KeyboardInterrupt):
+        run_bundle(tiny_overrides(isic_tiny, out))
+    assert trained == [(0, 0), (0, 1), (1, 0)]
+    pseudo_dir = out / "generation_1" / "pseudo_labels"
+    assert (pseudo_dir / "datalist.json").is_file()
+    first_pseudo_mtime = (pseudo_dir / "datalist.json").stat().st_mtime_ns
+
+    # the same command again continues: finished students and pseudo-labels are reused
+    resumed: list[tuple[int, int]] = []
+
+    def counting_train(**kwargs):
+        resumed.append((kwargs["generation"], kwargs["index"]))
+        return real_train(**kwargs)
+
+    labelling_calls = []
+    real_call = pl_mod.PseudoLabeler.__call__
+
+    def counting_call(self, teachers, items, transform, output_dir, **kw):
+        labelling_calls.append(Path(output_dir).parent.name)
+        return real_call(self, teachers, items, transform, output_dir, **kw)
+
+    monkeypatch.setattr(study_mod, "train_student", counting_train)
+    monkeypatch.setattr(pl_mod.PseudoLabeler, "__call__", counting_call)
+    run_bundle(tiny_overrides(isic_tiny, out))
+    assert resumed == [(1, 1), (2, 0), (2, 1)]
+    assert labelling_calls == ["generation_2"]
+    assert (pseudo_dir / "datalist.json").stat().st_mtime_ns == first_pseudo_mtime
+
+    # results on disk
+    results = json.loads((out / "results.json").read_text())
+    assert [g["generation"] for g in results["generations"]] == [0, 1, 2]
+    assert all("test_iou" in g["test"] and "test_dice" in g["test"] for g in results["generations"])
+    assert (out / "model.pt").is_file()
+
+    # pseudo-labels carry the IM cut-outs: image and label are 0 wherever the IM is set
+    cut_pixels = 0
+    for gen in (1, 2):
+        rows = json.loads((out / f"generation_{gen}" / "pseudo_labels" / "datalist.json").read_text())[
+            "pseudo_labeled"
+        ]
+        assert rows, "every pseudo-label is accepted with the relaxed rule"
+        for row in rows:
+            base = out / f"generation_{gen}" / "pseudo_labels"
+            im = np.array(Image.open(base / row["im"])) > 127
+            img = np.array(Image.open(base / row["image"]))
+            lab = np.array(Image.open(base / row["label"]))
+            assert img.shape[:2] == lab.shape == im.shape == (32, 32)
+            assert (img[im] == 0).all() and (lab[im] == 0).all()
+            assert set(np.unique(lab)) <= {0, 255}
+            cut_pixels += int(im.sum())
+    assert cut_pixels > 0, "undertrained teachers disagree somewhere"
+
+    # MLflow: one parent run (resumed, not duplicated), one run per generation, students nested
+    client, runs = mlflow_runs(out)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    for key in (
+        "method",
+        "dataset",
+        "labeled_fraction",
+        "students",
+        "teachers",
+        "generations",
+        "seed",
+        "network_width",
+        "epochs",
+        "image_size",
+    ):
+        assert key in parent.data.params, key
+    assert parent.data.params["method"] == "im" and parent.data.params["generations"] == "2"
+    history = client.get_metric_history(parent.info.run_id, "test_iou")
+    assert sorted(m.step for m in history) == [0, 1, 2]
+    gens = {
+        r.data.params["generation"]: r
+        for r in runs
+        if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
+    }
+    assert sorted(gens) == ["0", "1", "2"]
+    for g, r in gens.items():
+        assert {"val_iou", "test_iou", "test_dice"} <= set(r.data.metrics)
+        assert r.info.status == "FINISHED"
+        if g != "0":
+            assert "pseudo_im_fraction" in r.data.metrics and "pseudo_images_kept" in r.data.metrics
+            arts = {a.path for a in client.list_artifacts(r.info.run_id, "figures")}
+            assert "figures/im_figure.png" in arts
+        assert [a.path for a in client.list_artifacts(r.info.run_id, "checkpoint")] == ["checkpoint/model.pt"]
+    students = [
+        r for r in runs if r.data.tags.get("mlflow.parentRunId") in {x.info.run_id for x in gens.values()}
+    ]
+    finished = [r for r in students if r.info.status == "FINISHED"]
+    assert len(finished) == 6 and all(
+        "train_loss" in r.data.metrics and "val_iou" in r.data.metrics for r in finished
+    )
+    killed = [r for r in students if r.info.status != "FINISHED"]
+    assert len(killed) <= 1  # the interrupted student's run is closed as KILLED on resume
+    assert all(r.info.status == "KILLED" for r in killed)
+    config = [a.path for a in client.list_artifacts(parent.info.run_id, "config")]
+    assert config == ["config/executed_config.json"]
+
+
+@pytest.mark.slow
+def test_labeled_only_method_runs_generation_zero_only(isic_tiny, tmp_path):
+    out = tmp_path / "ldt"
+    run_bundle(tiny_overrides(isic_tiny, out, method="ldt", epochs=1, num_students=1, num_teachers=1))
+    results = json.loads((out / "results.json").read_text())
+    assert [g["generation"] for g in results["generations"]] == [0]
+    assert results["study"]["method"] == "ldt"
+    assert not (out / "generation_1").exists()
+
+
+def test_missing_dataset_stops_at_once_with_instructions(tmp_path):
+    from monai.bundle import run
+
+    with pytest.raises(SystemExit) as err:
+        run(
+            config_file=TRAIN,
+            logging_file=False,
+            dataset_dir=str(tmp_path / "nowhere"),
+            output_dir=str(tmp_path / "o"),
+        )
+    message = str(err.value)
+    assert "nowhere" in message and "prepare_isic2018.py" in message and "demo.json" in message
+    assert not (tmp_path / "o").exists()

@@ -1,0 +1,145 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
+from PIL import Image
+
+from monai_im.engines import InconsistencyMaskStrategy, ModelEnsembleStrategy, PseudoLabeler
+from monai_im.io import load_json
+from monai_im.transforms.presets import image_segmentation_transforms
+
+
+class ThresholdTeacher(torch.nn.Module):
+    """Says foreground where the first channel is brighter than its own threshold."""
+
+    def __init__(self, threshold: float) -> None:
+        super().__init__()
+        self.threshold = threshold
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x[:, :1] - self.threshold) * 50.0
+
+
+def _gradient_images(root: Path, n: int, size: int = 16) -> list[dict[str, str]]:
+    """Grayscale images whose intensity grows along the first image axis (rows)."""
+    root.mkdir(parents=True, exist_ok=True)
+    items = []
+    ramp = np.linspace(0, 255, size, dtype=np.float32)[:, None].repeat(size, 1)
+    for i in range(n):
+        img = np.clip(ramp + 10 * i, 0, 255).astype(np.uint8)
+        p = root / f"img{i}.png"
+        Image.fromarray(img).save(p)
+        items.append({"image": str(p)})
+    return items
+
+
+@pytest.fixture
+def setup(tmp_path):
+    items = _gradient_images(tmp_path / "unlabeled", 5)
+    transform = image_segmentation_transforms((16, 16), num_channels=1)
+    teachers = [ThresholdTeacher(0.4), ThresholdTeacher(0.5), ThresholdTeacher(0.6)]
+    return items, transform, teachers
+
+
+def test_writes_im_cut_out_pairs_and_datalist(setup, tmp_path):
+    items, transform, teachers = setup
+    labeler = PseudoLabeler(
+        InconsistencyMaskStrategy(mode="binary"), batch_size=2, progress=False, num_figure_images=2
+    )
+    out = tmp_path / "pl"
+    result = labeler(teachers, items, transform, out)
+    assert result.stats["unlabeled_images"] == 5
+    assert result.stats["images_kept"] == len(result.items) == 5
+    assert 0 < result.stats["im_fraction"] < 0.5
+    assert result.figure is not None and result.figure.teacher_masks.shape == (2, 3, 1, 16, 16)
+    load = Compose(
+        [
+            LoadImaged(keys=["image", "label", "im"], image_only=True),
+            EnsureChannelFirstd(keys=["image", "label", "im"]),
+        ]
+    )
+    load_image = Compose([LoadImaged(keys="image", image_only=True), EnsureChannelFirstd(keys="image")])
+    for entry in result.items:
+        d = load(entry)
+        im = d["im"][0] > 127
+        assert im.any(), "the teachers disagree on a band of intensities"
+        assert (d["image"][0][im] == 0).all(), "IM cut out of the input image"
+        assert (d["label"][0][im] == 0).all(), "IM cut out of the pseudo-label"
+        original = load_image({"image": items[int(Path(entry["image"]).name[:6])]["image"]})["image"][0]
+        outside = ~im
+        assert torch.allclose(d["image"][0][outside].float(), original[outside].float(), atol=1)
+        # all three teachers agree on foreground where the image is brighter than 0.6 * 255
+        fg = d["label"][0] > 127
+        assert (original[fg] > 0.6 * 255 - 1).all()
+    saved = load_json(out / "datalist.json")["pseudo_labeled"]
+    assert len(saved) == 5 and all(not Path(v).is_absolute() for row in saved for v in row.values())
+    assert load_json(out / "stats.json")["images_kept"] == 5
+
+
+def test_rejected_images_are_not_written(setup, tmp_path):
+    items, transform, teachers = setup
+    strategy = InconsistencyMaskStrategy(mode="binary", max_im_fraction=0.0)
+    result = PseudoLabeler(strategy, batch_size=4, progress=False)(
+        teachers, items, transform, tmp_path / "pl"
+    )
+    assert result.stats["images_kept"] == 0 and result.items == []
+    assert list((tmp_path / "pl" / "images").iterdir()) == []
+
+
+def test_model_ensemble_writes_no_im(setup, tmp_path):
+    items, transform, teachers = setup
+    result = PseudoLabeler(ModelEnsembleStrategy(mode="binary"), progress=False)(
+        teachers, items, transform, tmp_path / "pl"
+    )
+    assert result.items and all("im" not in it for it in result.items)
+    assert result.stats["im_fraction"] == 0
+
+
+def test_hidden_truth_gives_label_quality(setup, tmp_path):
+    items, transform, teachers = setup
+    for it in items:  # truth: the same rule as the strictest teacher, as 0/255 masks
+        img = np.array(Image.open(it["image"]))
+        lab = Path(it["image"]).with_name(Path(it["image"]).stem + "_lab.png")
+        Image.fromarray(((img / 255.0 > 0.6) * 255).astype(np.uint8)).save(lab)
+        it["label"] = str(lab)
+    result = PseudoLabeler(InconsistencyMaskStrategy(), progress=False)(
+        teachers, items, transform, tmp_path / "pl"
+    )
+    assert result.stats["label_iou"] == pytest.approx(1.0, abs=0.02)
+
+
+def test_failure_leaves_previous_output_untouched(setup, tmp_path, monkeypatch):
+    items, transform, teachers = setup
+    out = tmp_path / "pl"
+    labeler = PseudoLabeler(InconsistencyMaskStrategy(), batch_size=2, progress=False)
+    labeler(teachers, items, transform, out)
+    before = sorted(p.name for p in (out / "images").iterdir())
+
+    calls = {"n": 0}
+    import monai_im.engines.pseudo_label as pl
+
+    real = pl.save_png
+
+    def failing(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 4:
+            raise OSError("disk full")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pl, "save_png", failing)
+    with pytest.raises(OSError, match="disk full"):
+        labeler(teachers, items[:3], transform, out)
+    assert sorted(p.name for p in (out / "images").iterdir()) == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".pl")], "no partial folder left behind"
+
+
+def test_refuses_strategy_without_pseudo_labels(setup, tmp_path):
+    from monai_im.engines import LabeledOnlyStrategy
+
+    items, transform, teachers = setup
+    with pytest.raises(ValueError, match="makes no pseudo-labels"):
+        PseudoLabeler(LabeledOnlyStrategy(), progress=False)(teachers, items, transform, tmp_path / "pl")

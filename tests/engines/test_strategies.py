@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from monai_im.engines import (
+    FullDataStrategy,
+    InconsistencyMaskStrategy,
+    LabeledOnlyStrategy,
+    ModelEnsembleStrategy,
+)
+from monai_im.transforms import inconsistency_mask
+
+
+def _probs(votes: list[list[int]]) -> torch.Tensor:
+    """(E, B=1, C=1, H=1, W) probabilities from 0/1 votes of E teachers along W."""
+    v = torch.tensor(votes, dtype=torch.float32)
+    return (0.1 + 0.8 * v)[:, None, None, None, :]
+
+
+def test_im_strategy_matches_inconsistency_mask_and_paper_acceptance():
+    # 3 teachers; pixels: 4 agreed foreground, 1 disagreement, 1 agreed background
+    probs = _probs([[1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 0]])
+    out = InconsistencyMaskStrategy(mode="binary")(probs)
+    label, im = inconsistency_mask(probs, mode="binary")
+    assert torch.equal(out.label, label) and torch.equal(out.im, im)
+    assert out.label.flatten().tolist() == [1, 1, 1, 1, 0, 0]
+    assert out.im.flatten().tolist() == [0, 0, 0, 0, 1, 0]
+    assert out.accepted.tolist() == [True]
+
+
+def test_im_strategy_rejects_when_im_exceeds_foreground():
+    probs = _probs([[1, 1, 1, 0, 0], [1, 0, 0, 1, 1], [1, 1, 1, 1, 1]])
+    out = InconsistencyMaskStrategy(mode="binary")(probs)
+    assert out.label.sum() == 1 and out.im.sum() == 4
+    assert out.accepted.tolist() == [False]
+    relaxed = InconsistencyMaskStrategy(mode="binary", foreground_exceeds_im=False)(probs)
+    assert relaxed.accepted.tolist() == [True]
+
+
+def test_model_ensemble_binary_is_unanimous_foreground_without_im():
+    probs = _probs([[1, 1, 0], [1, 0, 0]])
+    out = ModelEnsembleStrategy(mode="binary")(probs)
+    assert out.im is None
+    assert out.label.flatten().tolist() == [1, 0, 0]
+    assert out.accepted.tolist() == [True]
+
+
+def test_model_ensemble_multiclass_uses_mean_softmax():
+    # two teachers, 3 classes, 1 pixel: teacher 0 votes class 1 weakly, teacher 1 votes class 2 strongly
+    p = torch.tensor([[0.2, 0.45, 0.35], [0.1, 0.1, 0.8]])[:, None, :, None, None]
+    out = ModelEnsembleStrategy(mode="multiclass")(p)
+    assert out.label.item() == 2
+
+
+def test_training_items_per_method():
+    datalist = {
+        "labeled": [{"image": "a.png", "label": "a_l.png"}],
+        "unlabeled": [{"image": "b.png", "label": "b_l.png"}, {"image": "c.png", "label": "c_l.png"}],
+    }
+    pseudo = [{"image": "p.png", "label": "p_l.png", "im": "p_im.png"}]
+    assert LabeledOnlyStrategy().training_items(datalist, []) == datalist["labeled"]
+    assert InconsistencyMaskStrategy().training_items(datalist, pseudo) == datalist["labeled"] + pseudo
+    fdt = FullDataStrategy().training_items(datalist, [])
+    assert [it["image"] for it in fdt] == ["a.png", "b.png", "c.png"]
+    with pytest.raises(ValueError, match="full-data training needs labels"):
+        FullDataStrategy().training_items({"labeled": [], "unlabeled": [{"image": "x.png"}]}, [])
+
+
+def test_strategy_validation_and_activation():
+    with pytest.raises(ValueError, match="mode"):
+        InconsistencyMaskStrategy(mode="regression")
+    with pytest.raises(ValueError, match="threshold"):
+        ModelEnsembleStrategy(threshold=1.5)
+    logits = torch.tensor([[[0.0, 2.0]]])
+    assert torch.allclose(InconsistencyMaskStrategy().activation(logits), torch.sigmoid(logits))
+    soft = InconsistencyMaskStrategy(mode="multiclass").activation(logits, channel_dim=-1)
+    assert torch.allclose(soft.sum(-1), torch.ones(1, 1))
+    assert not LabeledOnlyStrategy.makes_pseudo_labels and InconsistencyMaskStrategy.makes_pseudo_labels
