@@ -44,6 +44,7 @@ def load_datalist(
     check_files: bool = True,
     hint: str = "",
     exit_on_missing: bool = False,
+    check_images: bool = True,
 ) -> dict[str, list[dict[str, Any]]]:
     """Read ``<dataset_dir>/<filename>`` and return it with absolute paths.
 
@@ -60,6 +61,9 @@ def load_datalist(
         exit_on_missing: a missing folder or datalist ends the program with the message alone
             (``SystemExit``) instead of an exception with a traceback; bundles use this so that a
             wrong ``dataset_dir`` stops the run at once with instructions.
+        check_images: read the header of every 2D image file (PNG, JPG, BMP, TIFF) and check that
+            it decodes and that a label has the size of its image; cheap (no pixel data is read)
+            and done before any training starts.
     """
     root = Path(dataset_dir).expanduser()
     path = root / filename
@@ -99,12 +103,38 @@ def load_datalist(
                     item[field] = str(p if p.is_absolute() else (root / p))
                     if check_files and not Path(item[field]).is_file():
                         raise FileNotFoundError(f"{path}: {key}[{i}] refers to a missing file {item[field]}")
+            if check_files and check_images:
+                _check_image_pair(item, f"{path}: {key}[{i}]")
             resolved.append(item)
         out[key] = resolved
     for key in required:
         if not out[key]:
             raise ValueError(f"{path}: '{key}' must hold at least one entry")
     return out
+
+
+def _image_size(file: str, where: str) -> tuple[int, int] | None:
+    """(width, height) from a 2D image's header, None for formats PIL does not handle here."""
+    if Path(file).suffix.lower() not in IMAGE_EXTENSIONS:
+        return None
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(file) as im:
+            return im.size
+    except (UnidentifiedImageError, OSError) as e:
+        raise ValueError(f"{where}: {file} is not a readable image ({e})") from e
+
+
+def _check_image_pair(item: Mapping[str, Any], where: str) -> None:
+    sizes = {field: _image_size(item[field], where) for field in PATH_FIELDS if field in item}
+    image_size = sizes.get("image")
+    for field, size in sizes.items():
+        if field != "image" and image_size is not None and size is not None and size != image_size:
+            raise ValueError(
+                f"{where}: {field} {item[field]} is {size[0]}x{size[1]} but its image {item['image']} is "
+                f"{image_size[0]}x{image_size[1]}"
+            )
 
 
 def write_datalist(path: str | os.PathLike, datalist: Mapping[str, Sequence[Mapping[str, Any]]]) -> Path:

@@ -35,7 +35,7 @@ from monai_im.data.archives import (
     sha256sum,
     verify_sha256,
 )
-from monai_im.data.datalist import write_datalist
+from monai_im.data.datalist import IMAGE_EXTENSIONS, write_datalist
 from monai_im.io import atomic_directory, atomic_write_json, save_png
 
 __all__ = [
@@ -62,7 +62,6 @@ __all__ = [
     "write_dataset",
 ]
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 CHECKSUM_FILE = "SHA256SUMS"
 
 T = TypeVar("T")

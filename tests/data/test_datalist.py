@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -17,14 +18,20 @@ from monai_im.data import (
 
 
 def _dataset(root: Path, datalist: dict) -> Path:
-    """A dataset folder with every file the datalist names (as empty files) and the datalist itself."""
+    """A dataset folder with every file the datalist names (4x4 PNGs, or empty files) and the datalist itself."""
+    import numpy as np
+    from PIL import Image
+
     root.mkdir(parents=True, exist_ok=True)
     for entries in datalist.values():
         for entry in entries:
             for value in [entry] if isinstance(entry, str) else entry.values():
                 path = Path(value) if Path(value).is_absolute() else root / value
                 path.parent.mkdir(parents=True, exist_ok=True)
-                path.touch()
+                if path.suffix == ".png":
+                    Image.fromarray(np.zeros((4, 4), np.uint8)).save(path)
+                else:
+                    path.touch()
     (root / "datalist.json").write_text(json.dumps(datalist))
     return root
 
@@ -114,7 +121,7 @@ def test_write_datalist_round_trips(tmp_path):
     loaded = load_datalist(root)
     outside = tmp_path / "elsewhere" / "x.png"
     outside.parent.mkdir()
-    outside.touch()
+    shutil.copy(root / "labels" / "c.png", outside)
     loaded["test"] = [{"image": str(outside), "label": str(root / "labels" / "c.png")}]
     path = write_datalist(root / "datalist.json", loaded)
     raw = json.loads(path.read_text())
@@ -122,3 +129,31 @@ def test_write_datalist_round_trips(tmp_path):
     assert raw["test"][0]["image"] == str(outside)  # outside the folder: stays absolute
     assert load_datalist(root) == loaded
     assert not [p for p in root.iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
+def test_load_datalist_names_a_corrupt_image_and_a_mask_of_another_size(tmp_path):
+    import json
+
+    import numpy as np
+    import pytest
+    from PIL import Image
+
+    from monai_im.data import load_datalist
+
+    (tmp_path / "a.png").write_bytes(b"not a png at all")
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "a_mask.png")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "b.png")
+    Image.fromarray(np.zeros((8, 9), np.uint8)).save(tmp_path / "b_mask.png")
+    entries = {
+        "labeled": [{"image": "a.png", "label": "a_mask.png"}],
+        "validation": [{"image": "b.png", "label": "b_mask.png"}],
+    }
+    (tmp_path / "datalist.json").write_text(json.dumps(entries))
+    with pytest.raises(ValueError, match=r"a\.png is not a readable image"):
+        load_datalist(tmp_path)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a.png")
+    with pytest.raises(ValueError, match=r"b_mask\.png is 9x8 but its image .*b\.png is 8x8"):
+        load_datalist(tmp_path)
+    entries["validation"][0]["label"] = "a_mask.png"
+    (tmp_path / "datalist.json").write_text(json.dumps(entries))
+    assert len(load_datalist(tmp_path)["labeled"]) == 1

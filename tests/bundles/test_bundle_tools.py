@@ -1,4 +1,4 @@
-"""isic_im's inference, evaluation, verification and export configs, on a checkpoint trained here."""
+"""Each bundle's inference, evaluation, verification and export configs, on a checkpoint made here."""
 
 from __future__ import annotations
 
@@ -15,28 +15,40 @@ from PIL import Image
 from monai_im.networks import IMUNet
 
 REPO = Path(__file__).resolve().parents[2]
-CONFIGS = REPO / "bundles/isic_im/configs"
+
+# bundle -> (input channels, output channels, width factor)
+BUNDLES = {"isic_im": (3, 1, 0.5), "hela_im": (1, 3, 1.0)}
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    """A state dict of a 32 x 32 alpha 0.5 IMUNet (random weights suffice to exercise the configs)."""
+def configs(bundle: str) -> Path:
+    return REPO / "bundles" / bundle / "configs"
+
+
+@pytest.fixture(scope="module", params=sorted(BUNDLES))
+def bundle(request, tmp_path_factory):
+    """(name, checkpoint): a state dict of the bundle's IMUNet (random weights exercise the configs)."""
+    name = request.param
+    cin, cout, alpha = BUNDLES[name]
     torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
-    torch.save(IMUNet(2, 3, 1, alpha=0.5).state_dict(), path)
-    return path
+    path = tmp_path_factory.mktemp(name) / "model.pt"
+    torch.save(IMUNet(2, cin, cout, alpha=alpha).state_dict(), path)
+    return name, path
 
 
-def test_metadata_is_complete():
-    meta = json.loads((CONFIGS / "metadata.json").read_text())
+def test_metadata_matches_the_network(bundle):
+    name, _ = bundle
+    cin, cout, _ = BUNDLES[name]
+    meta = json.loads((configs(name) / "metadata.json").read_text())
     assert meta["version"] in meta["changelog"]
     fmt = meta["network_data_format"]
-    assert fmt["inputs"]["image"]["num_channels"] == 3 and fmt["outputs"]["pred"]["num_channels"] == 1
+    assert fmt["inputs"]["image"]["num_channels"] == cin and fmt["outputs"]["pred"]["num_channels"] == cout
 
 
-def test_inference_writes_masks_at_input_size(checkpoint, tmp_path):
+def test_inference_writes_masks_at_input_size(bundle, tmp_path):
     from monai.bundle import run
 
+    name, checkpoint = bundle
+    cout = BUNDLES[name][1]
     inputs = tmp_path / "in"
     inputs.mkdir()
     rng = np.random.default_rng(0)
@@ -44,27 +56,34 @@ def test_inference_writes_masks_at_input_size(checkpoint, tmp_path):
     Image.fromarray(rng.integers(0, 255, (30, 30), dtype=np.uint8)).save(inputs / "gray.png")
     out = tmp_path / "out"
     run(
-        config_file=str(CONFIGS / "inference.json"),
+        config_file=str(configs(name) / "inference.json"),
         logging_file=False,
         input_dir=str(inputs),
         output_dir=str(out),
         checkpoint=str(checkpoint),
         image_size=[32, 32],
+        output_postfix="_mask",
     )
     masks = {p.name: np.array(Image.open(p)) for p in out.iterdir()}
     assert sorted(masks) == ["gray_mask.png", "rgb_mask.png"]
-    assert masks["rgb_mask.png"].shape == (40, 50) and masks["gray_mask.png"].shape == (30, 30)
+    extra = () if cout == 1 else (cout,)
+    assert masks["rgb_mask.png"].shape == (40, 50, *extra) and masks["gray_mask.png"].shape == (
+        30,
+        30,
+        *extra,
+    )
     assert all(set(np.unique(m)) <= {0, 255} for m in masks.values())
     assert sorted(p.name for p in inputs.iterdir()) == ["gray.png", "rgb.jpg"], "inputs untouched"
 
 
-def test_inference_refuses_to_overwrite_inputs(checkpoint, tmp_path):
+def test_inference_refuses_to_overwrite_inputs(bundle, tmp_path):
     from monai.bundle import run
 
+    name, checkpoint = bundle
     Image.fromarray(np.zeros((32, 32), np.uint8)).save(tmp_path / "a.png")
     with pytest.raises(RuntimeError) as err:
         run(
-            config_file=str(CONFIGS / "inference.json"),
+            config_file=str(configs(name) / "inference.json"),
             logging_file=False,
             input_dir=str(tmp_path),
             output_dir=str(tmp_path),
@@ -80,27 +99,32 @@ def test_inference_refuses_to_overwrite_inputs(checkpoint, tmp_path):
     assert np.array(Image.open(tmp_path / "a.png")).sum() == 0
 
 
-def test_evaluate_scores_a_checkpoint(isic_tiny, checkpoint, tmp_path):
+def test_evaluate_scores_a_checkpoint(bundle, isic_tiny, hela_tiny, tmp_path):
     from monai.bundle import run
 
+    name, checkpoint = bundle
+    data = isic_tiny if name == "isic_im" else hela_tiny
     out = tmp_path / "study"
     out.mkdir()
     run(
-        config_file=[str(CONFIGS / "train.json"), str(CONFIGS / "evaluate.json")],
+        config_file=[str(configs(name) / "train.json"), str(configs(name) / "evaluate.json")],
         logging_file=False,
-        dataset_dir=isic_tiny,
+        dataset_dir=data,
         output_dir=str(out),
         checkpoint=str(checkpoint),
         image_size=[32, 32],
     )
-    summary = (out / "eval_test" / "test_iou_summary.csv").read_text()
-    assert "mean" in summary
-    raw = (out / "eval_test" / "test_iou_raw.csv").read_text().strip().splitlines()
-    assert len(raw) == 1 + 8  # header + one row per test image
+    key = "test_iou" if name == "isic_im" else "test_mcce"
+    assert "mean" in (out / "eval_test" / f"{key}_summary.csv").read_text()
+    raw = (out / "eval_test" / f"{key}_raw.csv").read_text().strip().splitlines()
+    n_test = len(json.loads((Path(data) / "datalist.json").read_text())["test"])
+    assert len(raw) == 1 + n_test  # header + one row per test image
 
 
 @pytest.mark.parametrize("command", ["verify_net_in_out", "ckpt_export"])
-def test_monai_bundle_tools(command, checkpoint, tmp_path):
+def test_monai_bundle_tools(bundle, command, tmp_path):
+    name, checkpoint = bundle
+    cin, cout, alpha = BUNDLES[name]
     args = [
         sys.executable,
         "-m",
@@ -108,9 +132,9 @@ def test_monai_bundle_tools(command, checkpoint, tmp_path):
         command,
         "network_def",
         "--meta_file",
-        str(CONFIGS / "metadata.json"),
+        str(configs(name) / "metadata.json"),
         "--config_file",
-        str(CONFIGS / "inference.json"),
+        str(configs(name) / "inference.json"),
     ]
     if command == "ckpt_export":
         args += ["--filepath", str(tmp_path / "model.ts"), "--ckpt_file", str(checkpoint)]
@@ -118,7 +142,7 @@ def test_monai_bundle_tools(command, checkpoint, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     if command == "ckpt_export":
         ts = torch.jit.load(str(tmp_path / "model.ts"))
-        ref = IMUNet(2, 3, 1, alpha=0.5)
+        ref = IMUNet(2, cin, cout, alpha=alpha)
         ref.load_state_dict(torch.load(checkpoint, weights_only=True))
-        x = torch.rand(1, 3, 64, 64)
+        x = torch.rand(1, cin, 64, 64)
         assert torch.allclose(ts(x), ref.eval()(x), atol=1e-5)

@@ -1,0 +1,58 @@
+"""The real hela_im bundle (multi-label), end to end on tiny synthetic data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[2]
+TRAIN = str(REPO / "bundles/hela_im/configs/train.json")
+DEMO = str(REPO / "bundles/hela_im/configs/demo.json")
+
+
+@pytest.mark.slow
+def test_multilabel_study_tracks_cell_count_error(hela_tiny, tmp_path):
+    from monai.bundle import run
+
+    out = tmp_path / "run"
+    run(
+        config_file=[TRAIN, DEMO],
+        logging_file=False,
+        dataset_dir=hela_tiny,
+        output_dir=str(out),
+        image_size=[32, 32],
+        epochs=2,
+        batch_size=4,
+        num_students=2,
+        num_teachers=2,
+        num_generations=1,
+        progress=False,
+        min_foreground=0,
+        foreground_exceeds_im=False,
+    )
+    summaries = [json.loads((out / f"generation_{g}" / "summary.json").read_text()) for g in (0, 1)]
+    for s in summaries:
+        assert {"test_mcce", "test_miou", "test_position_iou"} <= set(s["test"])
+        assert s["test"]["test_mcce"] >= 0
+        # lower is better: the best student has the smallest validation MCCE
+        assert s["val_mcce"] == min(st["best_metric"] for st in s["students"])
+    base = out / "generation_1" / "pseudo_labels"
+    rows = json.loads((base / "datalist.json").read_text())["pseudo_labeled"]
+    assert rows
+    for row in rows:
+        lab = np.array(Image.open(base / row["label"]))
+        im = np.array(Image.open(base / row["im"])) > 127
+        img = np.array(Image.open(base / row["image"]))
+        assert lab.shape == (32, 32, 3) and img.shape == (32, 32)
+        assert (lab[im] == 0).all() and (img[im] == 0).all()
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("hela_im_demo")
+    parent = [r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parent) == 1 and parent[0].data.params["method"] == "im"
+    assert parent[0].data.params["mode"] == "multilabel"
+    assert sorted(m.step for m in client.get_metric_history(parent[0].info.run_id, "test_mcce")) == [0, 1]
