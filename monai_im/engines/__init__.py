@@ -5,6 +5,7 @@ from __future__ import annotations
 from monai_im.engines.inferers import AdaptiveInferer, ensemble_predict
 from monai_im.engines.pseudo_label import FigureSample, PseudoLabeler, PseudoLabelResult
 from monai_im.engines.strategies import (
+    AugmentedLabeledStrategy,
     FullDataStrategy,
     InconsistencyMaskStrategy,
     LabeledOnlyStrategy,
@@ -32,6 +33,7 @@ __all__ = [
     "PseudoLabelStrategy",
     "LabeledOnlyStrategy",
     "FullDataStrategy",
+    "AugmentedLabeledStrategy",
     "InconsistencyMaskStrategy",
     "ModelEnsembleStrategy",
     "StudentResult",

@@ -190,11 +190,15 @@ class PseudoLabeler:
 
     @staticmethod
     def _agreement(pred: torch.Tensor, truth: torch.Tensor, im: torch.Tensor | None) -> torch.Tensor:
-        """Per-image IoU of pseudo-label and hidden truth over the pixels outside the IM."""
+        """Per-image IoU of pseudo-label and hidden truth over the pixels outside the IM.
+
+        Both empty outside the IM scores 1; an image entirely inside the IM has nothing to score (NaN).
+        """
         valid = torch.ones_like(pred) if im is None else (im < 0.5).expand_as(pred)
         inter = (pred & truth & valid).flatten(1).sum(1).float()
         union = ((pred | truth) & valid).flatten(1).sum(1).float()
-        return torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
+        iou = torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
+        return torch.where(valid.flatten(1).any(1), iou, torch.full_like(iou, float("nan")))
 
     @staticmethod
     def _stats(
@@ -209,9 +213,10 @@ class PseudoLabeler:
             "im_fraction": totals["im_fraction_sum"] / n,
             "im_fraction_kept": totals["im_fraction_kept_sum"] / max(kept, 1),
         }
-        if quality:
-            stats["label_iou"] = float(np.mean(quality))
-            stats["label_iou_kept"] = float(np.mean(quality_kept)) if quality_kept else float("nan")
+        if quality and not np.isnan(quality).all():
+            stats["label_iou"] = float(np.nanmean(quality))
+        if quality_kept and not np.isnan(quality_kept).all():
+            stats["label_iou_kept"] = float(np.nanmean(quality_kept))
         return stats
 
     def _figure(self, images, probs, result, masked) -> FigureSample:

@@ -14,7 +14,7 @@ further subclasses that override these hooks, not as copies of the loop.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +28,7 @@ __all__ = [
     "PseudoLabelStrategy",
     "LabeledOnlyStrategy",
     "FullDataStrategy",
+    "AugmentedLabeledStrategy",
     "InconsistencyMaskStrategy",
     "ModelEnsembleStrategy",
 ]
@@ -58,6 +59,8 @@ class PseudoLabelStrategy:
 
     name: str = "base"
     makes_pseudo_labels: bool = False
+    #: random transforms appended to the study's training transforms (None: no online augmentation)
+    augmentation: Callable | None = None
 
     def __init__(self, mode: str = "binary", threshold: float = 0.5) -> None:
         if mode not in IM_MODES:
@@ -108,6 +111,39 @@ class FullDataStrategy(PseudoLabelStrategy):
             )
         items = list(datalist["labeled"]) + list(datalist.get("unlabeled", []))
         return [{k: v for k, v in it.items() if k in ("image", "label")} for it in items]
+
+
+class AugmentedLabeledStrategy(PseudoLabelStrategy):
+    """ALDT: the labeled images plus ``copies`` augmented views of each; no pseudo-labels.
+
+    Every labeled entry appears ``copies + 1`` times in an epoch and each appearance is a fresh
+    random view through ``augmentation`` (default :func:`monai_im.transforms.paper_augmentation`:
+    flips, 90-degree rotations, brightness/contrast, blur, noise).
+
+    Args:
+        mode: "binary", "multiclass" or "multilabel".
+        copies: augmented views per labeled image besides the image itself (the paper: 9).
+        augmentation: random dictionary transforms for ``image`` and ``label``.
+    """
+
+    name = "aldt"
+
+    def __init__(self, mode: str = "binary", copies: int = 9, augmentation: Callable | None = None) -> None:
+        super().__init__(mode=mode)
+        if copies < 0:
+            raise ValueError(f"copies must be >= 0, got {copies}")
+        self.copies = copies
+        if augmentation is None:
+            from monai_im.transforms.presets import paper_augmentation
+
+            augmentation = paper_augmentation()
+        self.augmentation = augmentation
+
+    def training_items(self, datalist, pseudo_items):  # noqa: D102
+        return [dict(it) for it in datalist["labeled"] for _ in range(self.copies + 1)]
+
+    def describe(self) -> dict[str, Any]:  # noqa: D102
+        return {**super().describe(), "augmented_copies": self.copies}
 
 
 class InconsistencyMaskStrategy(PseudoLabelStrategy):

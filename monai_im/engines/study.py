@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from monai.data import CacheDataset, DataLoader
 from monai.inferers import Inferer
+from monai.transforms import Compose
 from monai.utils import set_determinism
 
 from monai_im.engines.pseudo_label import PseudoLabeler, PseudoLabelResult
@@ -299,9 +300,12 @@ class SelfTrainingStudy:
                 results.append(result)
                 continue
             if train_ds is None:
+                transform = self.train_transforms
+                if self.strategy.augmentation is not None:  # cached up to the first random transform
+                    transform = Compose([transform, self.strategy.augmentation]).flatten()
                 train_ds = CacheDataset(
                     list(items),
-                    transform=self.train_transforms,
+                    transform=transform,
                     cache_rate=self.cache_rate,
                     num_workers=self.num_workers,
                     progress=False,

@@ -22,7 +22,7 @@ from monai_im.transforms.functional import (
     mask_label,
 )
 from monai_im.transforms.io import SaveSegmentationd
-from monai_im.transforms.presets import image_segmentation_transforms
+from monai_im.transforms.presets import image_segmentation_transforms, paper_augmentation
 
 __all__ = [
     "AcceptPseudoLabel",
@@ -35,6 +35,7 @@ __all__ = [
     "InconsistencyMaskd",
     "SaveSegmentationd",
     "image_segmentation_transforms",
+    "paper_augmentation",
     "accept_pseudo_labels",
     "dilate_mask",
     "inconsistency_mask",

@@ -16,6 +16,13 @@ from monai.transforms import (
     EnsureChannelFirstd,
     EnsureTyped,
     LoadImaged,
+    RandAdjustContrastd,
+    RandFlipd,
+    RandGaussianNoised,
+    RandGaussianSmoothd,
+    RandRotate90d,
+    RandScaleIntensityd,
+    RandShiftIntensityd,
     Resized,
     ScaleIntensityRanged,
     SelectItemsd,
@@ -24,7 +31,7 @@ from monai.transforms import (
 from monai_im.constants import IGNORE_INDEX
 from monai_im.transforms.dictionary import ApplyInconsistencyMaskd, EnsureNumChannelsd
 
-__all__ = ["image_segmentation_transforms"]
+__all__ = ["image_segmentation_transforms", "paper_augmentation"]
 
 
 def image_segmentation_transforms(
@@ -83,5 +90,35 @@ def image_segmentation_transforms(
             ),
             SelectItemsd(keys=["image", "label"], allow_missing_keys=True),
             EnsureTyped(keys=["image", "label"], track_meta=False, allow_missing_keys=True),
+        ]
+    )
+
+
+def paper_augmentation(spatial_axes: tuple[int, int] = (0, 1), noise_std: float = 0.02) -> Compose:
+    """The augmentations of the paper's augmented-labeled training (ALDT), as random MONAI transforms.
+
+    Flips along both axes, 90-degree rotations, brightness and contrast changes, Gaussian blur and
+    additive noise, applied to ``image`` (geometry to ``label`` too) after
+    :func:`image_segmentation_transforms`; intensities are clipped back to [0, 1]. The paper makes
+    nine fixed augmented copies of each labeled image offline, with uniform noise; here every epoch
+    draws fresh random views of each of the ten entries, and the noise is Gaussian (MONAI's
+    ``RandGaussianNoised``) with a small standard deviation.
+
+    Args:
+        spatial_axes: the two spatial axes of 2D images (rotations and flips).
+        noise_std: standard deviation of the additive noise on images scaled to [0, 1].
+    """
+    both = ["image", "label"]
+    return Compose(
+        [
+            RandFlipd(keys=both, prob=0.5, spatial_axis=spatial_axes[0]),
+            RandFlipd(keys=both, prob=0.5, spatial_axis=spatial_axes[1]),
+            RandRotate90d(keys=both, prob=0.75, max_k=3, spatial_axes=spatial_axes),
+            RandShiftIntensityd(keys="image", offsets=0.1, prob=0.5),
+            RandAdjustContrastd(keys="image", gamma=(0.7, 1.4), prob=0.5),
+            RandScaleIntensityd(keys="image", factors=0.2, prob=0.5),
+            RandGaussianSmoothd(keys="image", sigma_x=(0.3, 1.0), sigma_y=(0.3, 1.0), prob=0.3),
+            RandGaussianNoised(keys="image", std=noise_std, prob=0.5),
+            ScaleIntensityRanged(keys="image", a_min=0.0, a_max=1.0, b_min=0.0, b_max=1.0, clip=True),
         ]
     )

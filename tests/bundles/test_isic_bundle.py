@@ -173,6 +173,16 @@ def test_labeled_only_method_runs_generation_zero_only(isic_tiny, tmp_path):
     assert not (out / "generation_1").exists()
 
 
+@pytest.mark.slow
+def test_augmented_labeled_method_trains_on_ten_views_per_labeled_image(isic_tiny, tmp_path):
+    out = tmp_path / "aldt"
+    run_bundle(tiny_overrides(isic_tiny, out, method="aldt", epochs=1, num_students=1, num_teachers=1))
+    results = json.loads((out / "results.json").read_text())
+    labeled = len(json.loads((Path(isic_tiny) / "datalist.json").read_text())["labeled"])
+    assert results["study"]["method"] == "aldt" and results["study"]["augmented_copies"] == 9
+    assert results["generations"][0]["training_images"] == 10 * labeled
+
+
 def test_missing_dataset_stops_at_once_with_instructions(tmp_path):
     from monai.bundle import run
 

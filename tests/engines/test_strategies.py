@@ -77,3 +77,38 @@ def test_strategy_validation_and_activation():
     soft = InconsistencyMaskStrategy(mode="multiclass").activation(logits, channel_dim=-1)
     assert torch.allclose(soft.sum(-1), torch.ones(1, 1))
     assert not LabeledOnlyStrategy.makes_pseudo_labels and InconsistencyMaskStrategy.makes_pseudo_labels
+
+
+def test_augmented_labeled_strategy_repeats_labeled_items():
+    from monai_im.engines import AugmentedLabeledStrategy
+
+    datalist = {"labeled": [{"image": "a.png", "label": "a_l.png"}, {"image": "b.png", "label": "b_l.png"}]}
+    strategy = AugmentedLabeledStrategy(copies=9)
+    items = strategy.training_items(datalist, [])
+    assert len(items) == 20 and sum(it["image"] == "a.png" for it in items) == 10
+    assert not strategy.makes_pseudo_labels and strategy.augmentation is not None
+    with pytest.raises(ValueError, match="copies"):
+        AugmentedLabeledStrategy(copies=-1)
+
+
+def test_paper_augmentation_keeps_image_and_label_aligned():
+    from monai.utils import set_determinism
+
+    from monai_im.transforms import paper_augmentation
+
+    set_determinism(0)
+    label = torch.zeros(1, 16, 16)
+    label[:, 2:7, 1:12] = 1  # an asymmetric block
+    image = 0.2 + 0.6 * label.repeat(3, 1, 1)
+    aug = paper_augmentation()
+    views = [aug({"image": image.clone(), "label": label.clone()}) for _ in range(30)]
+    moved = 0
+    for v in views:
+        img, lab = torch.as_tensor(v["image"]), torch.as_tensor(v["label"])
+        assert img.shape == image.shape and lab.shape == label.shape
+        assert 0.0 <= float(img.min()) and float(img.max()) <= 1.0
+        assert set(lab.unique().tolist()) <= {0.0, 1.0} and lab.sum() == label.sum()
+        assert img[:, lab[0] > 0].mean() > img[:, lab[0] == 0].mean() + 0.2, "geometry applied to both"
+        moved += not torch.equal(lab, label)
+    assert moved > 10, "most views are flipped or rotated"
+    set_determinism(None)

@@ -1,0 +1,163 @@
+"""Accuracy study: does IM help? LDT, ALDT, FDT and IM (n = 2, 3 teachers) on a demo dataset, over seeds.
+
+Every run goes through the real bundle (``python -m monai.bundle run``) and is logged to one MLflow
+store; the summary (tables, gap closure, plot) is written to ``--out`` and logged to MLflow as a run
+of its own. Generation 0 of a study *is* labeled-only training, so for each seed the IM study with
+three teachers runs first and its finished generation 0 is copied into the LDT and IM (n = 2) output
+folders; those studies then resume from it (the bundle skips finished generations), which saves a
+third of the work and gives every method of a seed the very same starting students.
+
+Example (one dataset, about 40 minutes on 2 CPU cores)::
+
+    python benchmarks/accuracy.py isic --out benchmarks/results/isic
+    python benchmarks/accuracy.py hela --out benchmarks/results/hela
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from accuracy_report import write_report  # noqa: E402
+
+BUNDLES = {"isic": "isic_im", "hela": "hela_im"}
+# method label -> bundle overrides
+METHODS = {
+    "IM (n=3)": {"method": "im", "num_teachers": 3},
+    "ALDT": {"method": "aldt"},
+    "FDT": {"method": "fdt"},
+    "IM (n=2)": {"method": "im", "num_teachers": 2},
+    "LDT": {"method": "ldt"},
+}
+REUSES_GENERATION_0 = {"IM (n=2)", "LDT"}
+
+
+def slug(label: str) -> str:
+    return label.lower().replace(" ", "").replace("(", "_").replace(")", "").replace("=", "")
+
+
+def run_dir(out: Path, label: str, seed: int) -> Path:
+    return out / "runs" / slug(label) / f"seed{seed}"
+
+
+def copy_generation_0(src: Path, dst: Path, label: str) -> None:
+    """Give ``dst`` the finished generation 0 of ``src`` (paths inside the JSON files rewritten)."""
+    target = dst / "generation_0"
+    if (target / "summary.json").is_file():
+        return
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(src / "generation_0", target)
+    for f in target.rglob("*.json"):
+        text = f.read_text().replace(str(src.resolve()), str(dst.resolve()))
+        data = json.loads(text)
+        if f.name == "summary.json":
+            data["method"] = METHODS[label]["method"]
+        f.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def bundle_command(args: argparse.Namespace, label: str, seed: int) -> list[str]:
+    bundle = BUNDLES[args.dataset]
+    configs = f"['bundles/{bundle}/configs/train.json','bundles/{bundle}/configs/demo.json']"
+    overrides = {
+        **METHODS[label],
+        "seed": seed,
+        "dataset_dir": str(args.out / "data"),
+        "output_dir": str(run_dir(args.out, label, seed)),
+        "tracking_uri": f"sqlite:///{(args.out / 'mlflow.db').resolve()}",
+        "experiment_name": f"{args.dataset}_accuracy",
+        "run_name": f"{label} seed {seed}",
+        "num_students": args.students,
+        "num_generations": args.generations,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "demo_num_train": args.num_train,
+        "demo_num_val": args.num_val,
+        "demo_num_test": args.num_test,
+        "demo_image_size": args.size,
+        "image_size": [args.size, args.size],
+        "progress": False,
+    }
+    if args.alpha is not None:
+        overrides["alpha"] = args.alpha
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", configs]
+    for k, v in overrides.items():
+        cmd += [f"--{k}", json.dumps(v) if isinstance(v, list) else str(v)]
+    return cmd
+
+
+def run_one(args: argparse.Namespace, label: str, seed: int) -> float:
+    out = run_dir(args.out, label, seed)
+    if (out / "results.json").is_file():
+        return 0.0
+    out.mkdir(parents=True, exist_ok=True)
+    if label in REUSES_GENERATION_0:
+        copy_generation_0(run_dir(args.out, "IM (n=3)", seed), out, label)
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
+    start = time.time()
+    log = args.out / "logs" / f"{slug(label)}_seed{seed}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as f:
+        proc = subprocess.run(bundle_command(args, label, seed), cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{label} seed {seed} failed; see {log}")
+    seconds = time.time() - start
+    print(f"  {label:9s} seed {seed}: {seconds:6.0f}s", flush=True)
+    return seconds
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("dataset", choices=sorted(BUNDLES))
+    p.add_argument("--out", type=Path, required=True, help="folder for data, runs, MLflow store and report")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS), metavar="METHOD")
+    p.add_argument("--generations", type=int, default=3)
+    p.add_argument("--students", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--num-train", type=int, default=300)
+    p.add_argument("--num-val", type=int, default=40)
+    p.add_argument("--num-test", type=int, default=100)
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--alpha", type=float, default=None, help="network width (default: the demo's)")
+    p.add_argument("--jobs", type=int, default=2, help="studies run at the same time")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per study")
+    p.add_argument("--report-only", action="store_true", help="only rebuild the report from finished runs")
+    args = p.parse_args(argv)
+    args.out = args.out.resolve()
+    args.out.mkdir(parents=True, exist_ok=True)
+    methods = [m for m in METHODS if m in args.methods]
+    if any(m in REUSES_GENERATION_0 for m in methods) and "IM (n=3)" not in methods:
+        methods.insert(0, "IM (n=3)")
+    start = time.time()
+    if not args.report_only:
+        from monai_im.data import ensure_demo_dataset
+
+        ensure_demo_dataset(
+            args.dataset, args.out / "data", num_train=args.num_train, num_val=args.num_val,
+            num_test=args.num_test, size=args.size, seed=0, progress=False,
+        )
+        first = [(m, s) for s in args.seeds for m in methods if m not in REUSES_GENERATION_0]
+        second = [(m, s) for s in args.seeds for m in methods if m in REUSES_GENERATION_0]
+        print(f"{args.dataset}: {len(first) + len(second)} studies, {args.jobs} at a time", flush=True)
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            for stage in (first, second):
+                list(pool.map(lambda ms: run_one(args, *ms), stage))
+    report = write_report(args, methods, wall_seconds=time.time() - start)
+    print(report.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,201 @@
+"""Tables, gap closure and plot of an accuracy study (see accuracy.py), logged to MLflow."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import platform
+from collections import defaultdict
+from pathlib import Path
+from statistics import mean, pstdev
+from typing import Any
+
+# the paper's Study B figures (IM_METHOD section 7)
+PAPER = {
+    "isic": {"metric": "IoU", "LDT": 67.1, "ALDT": 72.4, "FDT": 75.1, "IM": 72.3, "closure": 0.65},
+    "hela": {"metric": "MCCE", "LDT": 9.9, "ALDT": 3.3, "FDT": 2.5, "IM": 2.8, "closure": 0.96},
+}
+KEY = {"isic": ("test_iou", True), "hela": ("test_mcce", False)}
+PSEUDO = ("kept_fraction", "im_fraction", "im_fraction_kept", "label_iou", "label_iou_kept")
+
+
+def collect(out: Path, methods: list[str], seeds: list[int], slug) -> list[dict[str, Any]]:
+    """One record per (method, seed, generation) from the runs' results.json."""
+    rows = []
+    for label in methods:
+        for seed in seeds:
+            f = out / "runs" / slug(label) / f"seed{seed}" / "results.json"
+            if not f.is_file():
+                continue
+            for g in json.loads(f.read_text())["generations"]:
+                row = {"method": label, "seed": seed, "generation": g["generation"], **g.get("test", {})}
+                row.update({f"pseudo_{k}": v for k, v in (g.get("pseudo_labels") or {}).items() if k in PSEUDO})
+                row["training_images"] = g.get("training_images")
+                rows.append(row)
+    return rows
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return {}
+    return {"mean": mean(values), "std": pstdev(values), "min": min(values), "max": max(values), "n": len(values)}
+
+
+def summarise(rows: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        groups[(r["method"], r["generation"])].append(r)
+    table = []
+    for (method, gen), rs in groups.items():
+        entry = {"method": method, "generation": gen}
+        entry.update({f"{key}_{k}": v for k, v in _stats([r.get(key) for r in rs]).items()})
+        for p in PSEUDO:
+            s = _stats([r.get(f"pseudo_{p}") for r in rs])
+            if s:
+                entry[f"pseudo_{p}_mean"] = s["mean"]
+        table.append(entry)
+    return table
+
+
+def gap_closure(table: list[dict[str, Any]], key: str, higher: bool) -> dict[str, Any]:
+    def at(method: str, gen: int | None = None) -> float | None:
+        vals = [t for t in table if t["method"] == method and (gen is None or t["generation"] == gen)]
+        return vals[0].get(f"{key}_mean") if vals else None
+
+    ldt, fdt = at("LDT", 0), at("FDT", 0)
+    out: dict[str, Any] = {"LDT": ldt, "FDT": fdt, "ALDT": at("ALDT", 0)}
+    for method in ("IM (n=2)", "IM (n=3)"):
+        gens = sorted((t["generation"], t.get(f"{key}_mean")) for t in table if t["method"] == method)
+        if not gens or ldt is None or fdt is None or fdt == ldt:
+            continue
+        final = gens[-1][1]
+        best_gen, best = (max if higher else min)(gens, key=lambda gv: gv[1])
+        sign = 1 if higher else -1
+        out[method] = {
+            "final_generation": gens[-1][0],
+            "final": final,
+            "closure_final": sign * (final - ldt) / (sign * (fdt - ldt)),
+            "best_generation": best_gen,
+            "best": best,
+            "closure_best": sign * (best - ldt) / (sign * (fdt - ldt)),
+        }
+    return out
+
+
+def _markdown(table: list[dict[str, Any]], columns: list[str]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in table:
+        cells = []
+        for c in columns:
+            v = row.get(c, "")
+            cells.append(f"{v:.4f}" if isinstance(v, float) else str(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_report(args, methods: list[str], wall_seconds: float) -> Path:
+    from accuracy import slug
+
+    from monai_im.io import atomic_write_bytes, atomic_write_json
+    from monai_im.visualize import plot_metric_over_generations
+
+    key, higher = KEY[args.dataset]
+    rows = collect(args.out, methods, args.seeds, slug)
+    table = sorted(summarise(rows, key), key=lambda t: (methods.index(t["method"]), t["generation"]))
+    gap = gap_closure(table, key, higher)
+
+    buf = io.StringIO()
+    cols = sorted({k for t in table for k in t}, key=lambda c: (c not in ("method", "generation"), c))
+    writer = csv.DictWriter(buf, fieldnames=cols)
+    writer.writeheader()
+    writer.writerows(table)
+    atomic_write_bytes(args.out / "summary.csv", buf.getvalue().encode())
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=sorted({k for r in rows for k in r}, key=lambda c: (c not in ("method", "seed", "generation"), c)))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(args.out / "runs.csv", buf.getvalue().encode())
+    atomic_write_json(args.out / "gap_closure.json", gap)
+
+    per_seed: dict[str, list[list[float]]] = {}
+    for method in ("IM (n=2)", "IM (n=3)"):
+        seeds = []
+        for seed in args.seeds:
+            vals = sorted((r["generation"], r.get(key)) for r in rows if r["method"] == method and r["seed"] == seed)
+            if vals:
+                seeds.append([v for _, v in vals])
+        if seeds:
+            per_seed[method] = seeds
+    refs = {m: gap[m] for m in ("LDT", "ALDT", "FDT") if gap.get(m) is not None}
+    plot = None
+    if per_seed:
+        plot = plot_metric_over_generations(
+            per_seed, args.out / f"{key}_over_generations.png", key, higher_is_better=higher,
+            title=f"{args.dataset}-like demo: {key} over generations ({len(args.seeds)} seeds)", references=refs,
+        )
+
+    paper = PAPER[args.dataset]
+    md = [f"# Accuracy study: {args.dataset}-like demo data", ""]
+    md.append(
+        f"{len(args.seeds)} seeds ({', '.join(map(str, args.seeds))}); {args.num_train} training images "
+        f"({args.size}x{args.size}, 10% labeled), {args.num_val} validation, {args.num_test} test; "
+        f"{args.students} students per generation, {args.generations} generations after generation 0, "
+        f"{args.epochs} epochs, batch {args.batch_size}; {args.jobs} studies at a time with {args.threads} "
+        f"thread(s) each on {platform.machine()} ({wall_seconds / 60:.0f} min wall clock)."
+    )
+    md += ["", f"## {key} on the test set (best student of each generation; mean, std, min, max over seeds)", ""]
+    md.append(_markdown(table, ["method", "generation", f"{key}_mean", f"{key}_std", f"{key}_min", f"{key}_max", f"{key}_n"]))
+    md += ["", "## Gap closure", ""]
+    formula = "(IM - LDT) / (FDT - LDT)" if higher else "(LDT - IM) / (LDT - FDT)"
+    md.append(f"{formula}; paper: {paper['closure']:.0%} (LDT {paper['LDT']}, IM {paper['IM']}, FDT {paper['FDT']} {paper['metric']}).")
+    md.append("")
+    md.append("| method | final generation | final | closure (final) | best generation | best | closure (best) |")
+    md.append("|---|---|---|---|---|---|---|")
+    for method in ("IM (n=2)", "IM (n=3)"):
+        g = gap.get(method)
+        if g:
+            md.append(
+                f"| {method} | {g['final_generation']} | {g['final']:.4f} | {g['closure_final']:.0%} | "
+                f"{g['best_generation']} | {g['best']:.4f} | {g['closure_best']:.0%} |"
+            )
+    md += ["", f"LDT {gap.get('LDT')}, ALDT {gap.get('ALDT')}, FDT {gap.get('FDT')} (means of {key}).", ""]
+    md += ["## Pseudo-labels (IM studies; means over seeds)", ""]
+    md.append("`label_iou`: agreement of the pseudo-labels with the hidden true labels outside the IM, over all "
+              "unlabeled images and over the kept ones.")
+    md.append("")
+    pl = [t for t in table if t["method"].startswith("IM") and t["generation"] > 0]
+    md.append(_markdown(pl, ["method", "generation"] + [f"pseudo_{p}_mean" for p in PSEUDO]))
+    if plot is not None:
+        md += ["", f"![{key} over generations]({Path(plot).name})"]
+    report = args.out / "report.md"
+    atomic_write_bytes(report, ("\n".join(md) + "\n").encode())
+    _log_mlflow(args, methods, gap, [report, args.out / "summary.csv", args.out / "runs.csv", plot])
+    return report
+
+
+def _log_mlflow(args, methods: list[str], gap: dict[str, Any], files: list[Path | None]) -> None:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{(args.out / 'mlflow.db').resolve()}")
+    name = f"{args.dataset}_accuracy"
+    exp = client.get_experiment_by_name(name)
+    exp_id = exp.experiment_id if exp else client.create_experiment(name, (args.out / "mlartifacts").resolve().as_uri())
+    run = client.create_run(exp_id, run_name="summary", tags={"kind": "accuracy summary"})
+    rid = run.info.run_id
+    params = {"dataset": args.dataset, "seeds": str(args.seeds), "methods": ", ".join(methods),
+              "generations": args.generations, "students": args.students, "epochs": args.epochs,
+              "image_size": args.size, "num_train": args.num_train}
+    for k, v in params.items():
+        client.log_param(rid, k, str(v))
+    for method in ("IM (n=2)", "IM (n=3)"):
+        if method in gap:
+            tag = method.replace(" ", "").replace("(", "_").replace(")", "").replace("=", "")
+            client.log_metric(rid, f"gap_closure_final_{tag}", gap[method]["closure_final"])
+            client.log_metric(rid, f"gap_closure_best_{tag}", gap[method]["closure_best"])
+    for f in files:
+        if f is not None and Path(f).is_file():
+            client.log_artifact(rid, str(f))
+    client.set_terminated(rid, "FINISHED")
