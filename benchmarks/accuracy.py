@@ -25,10 +25,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from accuracy_report import write_report  # a sibling module: the script's folder is on sys.path
 
-from accuracy_report import write_report  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 BUNDLES = {"isic": "isic_im", "hela": "hela_im"}
 # method label -> bundle overrides
@@ -64,6 +63,17 @@ def copy_generation_0(src: Path, dst: Path, label: str) -> None:
         if f.name == "summary.json":
             data["method"] = METHODS[label]["method"]
         f.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def init_store(args: argparse.Namespace) -> None:
+    """Create the shared sqlite store and the experiment once, before studies write to it in parallel
+    (two processes migrating a new sqlite database at the same time collide)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{(args.out / 'mlflow.db').resolve()}")
+    name = f"{args.dataset}_accuracy"
+    if client.get_experiment_by_name(name) is None:
+        client.create_experiment(name, artifact_location=(args.out / "mlartifacts").resolve().as_uri())
 
 
 def bundle_command(args: argparse.Namespace, label: str, seed: int) -> list[str]:
@@ -108,7 +118,9 @@ def run_one(args: argparse.Namespace, label: str, seed: int) -> float:
     log = args.out / "logs" / f"{slug(label)}_seed{seed}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as f:
-        proc = subprocess.run(bundle_command(args, label, seed), cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT)
+        proc = subprocess.run(
+            bundle_command(args, label, seed), cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT
+        )
     if proc.returncode != 0:
         raise RuntimeError(f"{label} seed {seed} failed; see {log}")
     seconds = time.time() - start
@@ -134,6 +146,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jobs", type=int, default=2, help="studies run at the same time")
     p.add_argument("--threads", type=int, default=1, help="torch threads per study")
     p.add_argument("--report-only", action="store_true", help="only rebuild the report from finished runs")
+    p.add_argument(
+        "--publish",
+        type=Path,
+        default=None,
+        help="copy the report, tables and plot here (default: benchmarks/results/<dataset>)",
+    )
     args = p.parse_args(argv)
     args.out = args.out.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -145,17 +163,30 @@ def main(argv: list[str] | None = None) -> int:
         from monai_im.data import ensure_demo_dataset
 
         ensure_demo_dataset(
-            args.dataset, args.out / "data", num_train=args.num_train, num_val=args.num_val,
-            num_test=args.num_test, size=args.size, seed=0, progress=False,
+            args.dataset,
+            args.out / "data",
+            num_train=args.num_train,
+            num_val=args.num_val,
+            num_test=args.num_test,
+            size=args.size,
+            seed=0,
+            progress=False,
         )
+        init_store(args)
         first = [(m, s) for s in args.seeds for m in methods if m not in REUSES_GENERATION_0]
         second = [(m, s) for s in args.seeds for m in methods if m in REUSES_GENERATION_0]
         print(f"{args.dataset}: {len(first) + len(second)} studies, {args.jobs} at a time", flush=True)
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:
             for stage in (first, second):
                 list(pool.map(lambda ms: run_one(args, *ms), stage))
-    report = write_report(args, methods, wall_seconds=time.time() - start)
+    report = write_report(args, methods, wall_seconds=time.time() - start, slug=slug)
+    publish = args.publish or REPO / "benchmarks" / "results" / args.dataset
+    publish.mkdir(parents=True, exist_ok=True)
+    for f in report.parent.iterdir():
+        if f.suffix in (".md", ".csv", ".png") or f.name == "gap_closure.json":
+            shutil.copy2(f, publish / f.name)
     print(report.read_text())
+    print(f"report, tables and plot copied to {publish}")
     return 0
 
 

@@ -31,7 +31,9 @@ def collect(out: Path, methods: list[str], seeds: list[int], slug) -> list[dict[
                 continue
             for g in json.loads(f.read_text())["generations"]:
                 row = {"method": label, "seed": seed, "generation": g["generation"], **g.get("test", {})}
-                row.update({f"pseudo_{k}": v for k, v in (g.get("pseudo_labels") or {}).items() if k in PSEUDO})
+                row.update(
+                    {f"pseudo_{k}": v for k, v in (g.get("pseudo_labels") or {}).items() if k in PSEUDO}
+                )
                 row["training_images"] = g.get("training_images")
                 rows.append(row)
     return rows
@@ -41,7 +43,13 @@ def _stats(values: list[float]) -> dict[str, float]:
     values = [v for v in values if v is not None and not math.isnan(v)]
     if not values:
         return {}
-    return {"mean": mean(values), "std": pstdev(values), "min": min(values), "max": max(values), "n": len(values)}
+    return {
+        "mean": mean(values),
+        "std": pstdev(values),
+        "min": min(values),
+        "max": max(values),
+        "n": len(values),
+    }
 
 
 def summarise(rows: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
@@ -96,9 +104,11 @@ def _markdown(table: list[dict[str, Any]], columns: list[str]) -> str:
     return "\n".join(lines)
 
 
-def write_report(args, methods: list[str], wall_seconds: float) -> Path:
-    from accuracy import slug
+def write_report(args, methods: list[str], wall_seconds: float, slug) -> Path:
+    """Write report.md, summary.csv, runs.csv, gap_closure.json and the plot into ``args.out``.
 
+    ``slug(label)`` names a method's folder under ``args.out / "runs"``.
+    """
     from monai_im.io import atomic_write_bytes, atomic_write_json
     from monai_im.visualize import plot_metric_over_generations
 
@@ -114,7 +124,12 @@ def write_report(args, methods: list[str], wall_seconds: float) -> Path:
     writer.writerows(table)
     atomic_write_bytes(args.out / "summary.csv", buf.getvalue().encode())
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=sorted({k for r in rows for k in r}, key=lambda c: (c not in ("method", "seed", "generation"), c)))
+    writer = csv.DictWriter(
+        buf,
+        fieldnames=sorted(
+            {k for r in rows for k in r}, key=lambda c: (c not in ("method", "seed", "generation"), c)
+        ),
+    )
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_bytes(args.out / "runs.csv", buf.getvalue().encode())
@@ -124,7 +139,9 @@ def write_report(args, methods: list[str], wall_seconds: float) -> Path:
     for method in ("IM (n=2)", "IM (n=3)"):
         seeds = []
         for seed in args.seeds:
-            vals = sorted((r["generation"], r.get(key)) for r in rows if r["method"] == method and r["seed"] == seed)
+            vals = sorted(
+                (r["generation"], r.get(key)) for r in rows if r["method"] == method and r["seed"] == seed
+            )
             if vals:
                 seeds.append([v for _, v in vals])
         if seeds:
@@ -133,8 +150,12 @@ def write_report(args, methods: list[str], wall_seconds: float) -> Path:
     plot = None
     if per_seed:
         plot = plot_metric_over_generations(
-            per_seed, args.out / f"{key}_over_generations.png", key, higher_is_better=higher,
-            title=f"{args.dataset}-like demo: {key} over generations ({len(args.seeds)} seeds)", references=refs,
+            per_seed,
+            args.out / f"{key}_over_generations.png",
+            key,
+            higher_is_better=higher,
+            title=f"{args.dataset}-like demo: {key} over generations ({len(args.seeds)} seeds)",
+            references=refs,
         )
 
     paper = PAPER[args.dataset]
@@ -146,13 +167,26 @@ def write_report(args, methods: list[str], wall_seconds: float) -> Path:
         f"{args.epochs} epochs, batch {args.batch_size}; {args.jobs} studies at a time with {args.threads} "
         f"thread(s) each on {platform.machine()} ({wall_seconds / 60:.0f} min wall clock)."
     )
-    md += ["", f"## {key} on the test set (best student of each generation; mean, std, min, max over seeds)", ""]
-    md.append(_markdown(table, ["method", "generation", f"{key}_mean", f"{key}_std", f"{key}_min", f"{key}_max", f"{key}_n"]))
+    md += [
+        "",
+        f"## {key} on the test set (best student of each generation; mean, std, min, max over seeds)",
+        "",
+    ]
+    md.append(
+        _markdown(
+            table,
+            ["method", "generation", f"{key}_mean", f"{key}_std", f"{key}_min", f"{key}_max", f"{key}_n"],
+        )
+    )
     md += ["", "## Gap closure", ""]
     formula = "(IM - LDT) / (FDT - LDT)" if higher else "(LDT - IM) / (LDT - FDT)"
-    md.append(f"{formula}; paper: {paper['closure']:.0%} (LDT {paper['LDT']}, IM {paper['IM']}, FDT {paper['FDT']} {paper['metric']}).")
+    md.append(
+        f"{formula}; paper: {paper['closure']:.0%} (LDT {paper['LDT']}, IM {paper['IM']}, FDT {paper['FDT']} {paper['metric']})."
+    )
     md.append("")
-    md.append("| method | final generation | final | closure (final) | best generation | best | closure (best) |")
+    md.append(
+        "| method | final generation | final | closure (final) | best generation | best | closure (best) |"
+    )
     md.append("|---|---|---|---|---|---|---|")
     for method in ("IM (n=2)", "IM (n=3)"):
         g = gap.get(method)
@@ -163,8 +197,10 @@ def write_report(args, methods: list[str], wall_seconds: float) -> Path:
             )
     md += ["", f"LDT {gap.get('LDT')}, ALDT {gap.get('ALDT')}, FDT {gap.get('FDT')} (means of {key}).", ""]
     md += ["## Pseudo-labels (IM studies; means over seeds)", ""]
-    md.append("`label_iou`: agreement of the pseudo-labels with the hidden true labels outside the IM, over all "
-              "unlabeled images and over the kept ones.")
+    md.append(
+        "`label_iou`: agreement of the pseudo-labels with the hidden true labels outside the IM, over all "
+        "unlabeled images and over the kept ones."
+    )
     md.append("")
     pl = [t for t in table if t["method"].startswith("IM") and t["generation"] > 0]
     md.append(_markdown(pl, ["method", "generation"] + [f"pseudo_{p}_mean" for p in PSEUDO]))
@@ -182,12 +218,23 @@ def _log_mlflow(args, methods: list[str], gap: dict[str, Any], files: list[Path 
     client = MlflowClient(f"sqlite:///{(args.out / 'mlflow.db').resolve()}")
     name = f"{args.dataset}_accuracy"
     exp = client.get_experiment_by_name(name)
-    exp_id = exp.experiment_id if exp else client.create_experiment(name, (args.out / "mlartifacts").resolve().as_uri())
+    exp_id = (
+        exp.experiment_id
+        if exp
+        else client.create_experiment(name, (args.out / "mlartifacts").resolve().as_uri())
+    )
     run = client.create_run(exp_id, run_name="summary", tags={"kind": "accuracy summary"})
     rid = run.info.run_id
-    params = {"dataset": args.dataset, "seeds": str(args.seeds), "methods": ", ".join(methods),
-              "generations": args.generations, "students": args.students, "epochs": args.epochs,
-              "image_size": args.size, "num_train": args.num_train}
+    params = {
+        "dataset": args.dataset,
+        "seeds": str(args.seeds),
+        "methods": ", ".join(methods),
+        "generations": args.generations,
+        "students": args.students,
+        "epochs": args.epochs,
+        "image_size": args.size,
+        "num_train": args.num_train,
+    }
     for k, v in params.items():
         client.log_param(rid, k, str(v))
     for method in ("IM (n=2)", "IM (n=3)"):

@@ -1,0 +1,294 @@
+"""Benchmark 2: pseudo-labelling throughput of :class:`PseudoLabeler` vs the bare teacher forward passes.
+
+Three variants run on the same images, interleaved round by round:
+
+- ``bare forward``: the three teachers' forward passes on already preprocessed, already batched
+  tensors in memory (``torch.no_grad``, one call per teacher per batch). Nothing else.
+- ``PseudoLabeler, in-memory data``: the whole pseudo-labeller, but its dataset hands out the
+  preprocessed tensors from memory. Adds to the forward passes: collation, the sigmoid and
+  stacking, IM + acceptance, masking the image, statistics, the IM figure sample and writing
+  every accepted image, pseudo-label and IM as PNG files (two writer threads), the datalist and
+  the atomic move of the output folder.
+- ``PseudoLabeler, from files``: the same plus reading the PNG files and the bundles'
+  preprocessing transforms (what a study runs).
+"""
+
+from __future__ import annotations
+
+import copy
+import cProfile
+import io
+import itertools
+import pstats
+import shutil
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from monai.data import list_data_collate
+from monai.utils import convert_to_tensor
+from speed_common import interleaved, log, preprocess, summarize, table, to_batches
+
+from monai_im.engines import InconsistencyMaskStrategy, PseudoLabeler
+from monai_im.io import save_png
+from monai_im.losses import MaskedDiceCELoss
+from monai_im.networks import IMUNet
+from monai_im.transforms import image_segmentation_transforms, mask_image
+
+__all__ = ["FromMemory", "make_teachers", "run_pseudo_benchmark", "pseudo_tables"]
+
+BATCH = 32
+
+
+class FromMemory:
+    """A "transform" that returns the preprocessed image of an item from an in-memory cache.
+
+    Stands in for a cached dataset: the pseudo-labeller sees the same items (file paths, so the
+    output names are the same) but reads nothing from disk and runs no preprocessing.
+    """
+
+    def __init__(self, cache: Mapping[str, torch.Tensor]) -> None:
+        self.cache = cache
+
+    def __call__(self, item: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        return {"image": self.cache[item["image"]]}
+
+
+def make_teachers(
+    data: Sequence[Mapping[str, torch.Tensor]], iterations: int, finetune: int, seed: int = 0
+) -> list[torch.nn.Module]:
+    """Three ``IMUNet(2, 3, 1, alpha=0.5)`` teachers that produce lesion-like masks.
+
+    Untrained networks give masks that are noise and teachers that disagree almost everywhere,
+    so the paper's acceptance rule would keep nothing and no file would be written. A base
+    network is therefore trained for ``iterations`` steps on 128x128 crops (same scale as the
+    inference images) and two more teachers are fine-tuned from it with other seeds, which gives
+    an IM along the lesion borders as between real students. The forward cost of a network does
+    not depend on its weights.
+    """
+    images = torch.stack([d["image"] for d in data])
+    labels = torch.stack([d["label"] for d in data])
+    size = images.shape[-1]
+    crop = min(128, size)
+    loss_fn = MaskedDiceCELoss(mode="binary")
+    gen = torch.Generator().manual_seed(seed)
+
+    def train(net: torch.nn.Module, steps: int, lr: float) -> torch.nn.Module:
+        opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
+        net.train()
+        for _ in range(steps):
+            idx = torch.randint(0, len(images), (8,), generator=gen)
+            i, j = torch.randint(0, size - crop + 1, (2,), generator=gen).tolist()
+            loss = loss_fn(net(images[idx, :, i : i + crop, j : j + crop]), labels[idx, :, i : i + crop, j : j + crop])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return net.eval()
+
+    torch.manual_seed(seed)
+    base = train(IMUNet(2, 3, 1, alpha=0.5), iterations, 3e-3)
+    teachers = [base]
+    for k in (1, 2):
+        torch.manual_seed(seed + k)
+        teachers.append(train(copy.deepcopy(base), finetune, 1e-3))
+    return teachers
+
+
+def _components(
+    teachers: Sequence[torch.nn.Module],
+    items: Sequence[Mapping[str, str]],
+    cached: Mapping[str, torch.Tensor],
+    size: int,
+    repeats: int,
+    work: Path,
+) -> dict[str, dict[str, Any]]:
+    """Each step of the pseudo-labeller timed on its own, for one batch of 32 images (one thread for PNG)."""
+    batch_items = [{"image": it["image"]} for it in items[:BATCH]]
+    transform = image_segmentation_transforms((size, size), num_channels=3)
+    from_memory = FromMemory(cached)
+    strategy = InconsistencyMaskStrategy()
+    images = list_data_collate([from_memory(it) for it in batch_items])["image"]
+    with torch.no_grad():
+        outs = [net(images) for net in teachers]
+    probs = strategy.activation(torch.stack([o.float() for o in outs]), channel_dim=2)
+    result = strategy(probs)
+    masked = mask_image(images, result.im, 0.0)
+    counter = itertools.count()
+
+    def forward() -> None:
+        with torch.no_grad():
+            for net in teachers:
+                net(images)
+
+    def write() -> None:
+        out = work / f"png_{next(counter)}"
+        out.mkdir()
+        idx = torch.nonzero(result.accepted).flatten().tolist()
+        imgs = (masked[idx].float() * 255.0).cpu().numpy()
+        labels = (result.label[idx].float() * 255.0).cpu().numpy()
+        ims = (result.im[idx].float() * 255).cpu().numpy()
+        for j in range(len(idx)):
+            save_png(out / f"i{j}.png", imgs[j])
+            save_png(out / f"l{j}.png", labels[j])
+            save_png(out / f"m{j}.png", ims[j])
+
+    steps = {
+        "read + preprocess (transforms), collate": lambda: list_data_collate(
+            [transform(dict(it)) for it in batch_items]
+        ),
+        "collate from memory": lambda: list_data_collate([from_memory(it) for it in batch_items]),
+        "3 teacher forward passes": forward,
+        "stack + sigmoid": lambda: strategy.activation(
+            torch.stack([convert_to_tensor(o, track_meta=False).float() for o in outs]), channel_dim=2
+        ),
+        "IM + acceptance (strategy)": lambda: strategy(probs),
+        "mask_image": lambda: mask_image(images, result.im, 0.0),
+        f"PNG writing ({int(result.accepted.sum())} accepted x 3 files, 1 thread)": write,
+    }
+    timings: dict[str, dict[str, Any]] = {}
+    for name, fn in steps.items():
+        fn()  # warm-up
+        samples = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            samples.append(time.perf_counter() - start)
+        timings[name] = summarize(samples)
+    return timings
+
+
+def _profile(teachers, items, transform, work: Path, top: int = 20) -> str:
+    """cProfile of one pseudo-labelling run: the top functions by own time."""
+    profiler = cProfile.Profile()
+    labeler = PseudoLabeler(InconsistencyMaskStrategy(), batch_size=BATCH, progress=False)
+    profiler.enable()
+    labeler(teachers, items, transform, work / "profiled")
+    profiler.disable()
+    buf = io.StringIO()
+    pstats.Stats(profiler, stream=buf).sort_stats("tottime").print_stats(top)
+    return buf.getvalue()
+
+
+def run_pseudo_benchmark(
+    items: Sequence[Mapping[str, str]],
+    size: int,
+    quick: bool = False,
+    profile: bool = False,
+) -> dict[str, Any]:
+    """Pseudo-label ``items`` (their labels are dropped: truly unlabeled) with three teachers."""
+    repeats = 2 if quick else 3
+    log(f"[pseudo] preprocessing {len(items)} images of {size}x{size} into memory")
+    data = preprocess(items, size)
+    log("[pseudo] making three lesion-like teachers (short training on crops)")
+    start = time.perf_counter()
+    teachers = make_teachers(data[:BATCH], iterations=40 if quick else 150, finetune=10 if quick else 25)
+    teacher_seconds = time.perf_counter() - start
+    unlabeled = [{"image": it["image"]} for it in items]
+    cached = {it["image"]: d["image"] for it, d in zip(items, data)}
+    batches = to_batches(data, "image", BATCH)
+    transform = image_segmentation_transforms((size, size), num_channels=3)
+    from_memory = FromMemory(cached)
+    work = Path(tempfile.mkdtemp(prefix="pl_speed_"))
+    counter = itertools.count()
+    results: list[Any] = []
+
+    def bare() -> None:
+        with torch.no_grad():
+            for x in batches:
+                for net in teachers:
+                    net(x)
+
+    def labeler(tf) -> None:
+        out = work / f"run_{next(counter)}"
+        res = PseudoLabeler(InconsistencyMaskStrategy(), batch_size=BATCH, progress=False)(
+            teachers, unlabeled, tf, out
+        )
+        results.append(res.stats)
+
+    runs = {
+        "bare forward": bare,
+        "PseudoLabeler, in-memory data": lambda: labeler(from_memory),
+        "PseudoLabeler, from files": lambda: labeler(transform),
+    }
+    try:
+        log("[pseudo] warm-up on one batch")
+        with torch.no_grad():
+            for net in teachers:
+                net(batches[0])
+        PseudoLabeler(InconsistencyMaskStrategy(), batch_size=BATCH, progress=False)(
+            teachers, unlabeled[:BATCH], transform, work / "warmup"
+        )
+        log(f"[pseudo] {len(items)} images, {repeats} interleaved rounds")
+        times = interleaved(runs, repeats=repeats, warmup=0, log=log)
+        log("[pseudo] timing the steps on one batch")
+        components = _components(teachers, items, cached, size, repeats=3 if quick else 5, work=work)
+        profile_text = _profile(teachers, unlabeled, transform, work) if profile else None
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    stats = {k: summarize(v) for k, v in times.items()}
+    n = len(items)
+    for s in stats.values():
+        s["images_per_s"] = n / s["median"]
+    bare_t = stats["bare forward"]["median"]
+    mem_t = stats["PseudoLabeler, in-memory data"]["median"]
+    file_t = stats["PseudoLabeler, from files"]["median"]
+    rounds = range(repeats)
+    paired = [
+        times["PseudoLabeler, from files"][r] / times["bare forward"][r] - 1.0 for r in rounds
+    ]
+    return {
+        "images": n,
+        "image_size": size,
+        "batch_size": BATCH,
+        "repeats": repeats,
+        "teacher_setup_seconds": teacher_seconds,
+        "pseudo_label_stats": results[0] if results else {},
+        "timings": stats,
+        "overhead_pct": {
+            "total (files) vs bare": 100.0 * (file_t / bare_t - 1.0),
+            "IM + writing (in-memory) vs bare": 100.0 * (mem_t / bare_t - 1.0),
+            "reading + transforms (files - in-memory)": 100.0 * (file_t - mem_t) / bare_t,
+            "total, per-round paired median": 100.0 * sorted(paired)[len(paired) // 2],
+        },
+        "target_overhead_pct": 10.0,
+        "target_met": file_t / bare_t - 1.0 < 0.10,
+        "components_per_batch": components,
+        "profile": profile_text,
+    }
+
+
+def pseudo_tables(result: dict[str, Any]) -> str:
+    n = result["images"]
+    bare = result["timings"]["bare forward"]["median"]
+    rows = [
+        [
+            name,
+            f"{t['median']:.1f}",
+            f"{t['min']:.1f} - {t['max']:.1f}",
+            f"{t['spread_pct']:.0f}%",
+            f"{t['images_per_s']:.2f}",
+            f"{100.0 * (t['median'] / bare - 1.0):+.1f}%",
+        ]
+        for name, t in result["timings"].items()
+    ]
+    main = table(["variant", "s (median)", "s (min - max)", "spread", "images/s", "vs bare"], rows)
+    over = table(
+        ["overhead", "% of bare forward"],
+        [[k, f"{v:+.1f}%"] for k, v in result["overhead_pct"].items()],
+    )
+    comp_rows = [
+        [name, f"{1000 * t['median']:.1f}", f"{t['spread_pct']:.0f}%", f"{1000 * t['median'] / BATCH:.2f}"]
+        for name, t in result["components_per_batch"].items()
+    ]
+    comp = table(["step (one batch of 32)", "ms (median)", "spread", "ms / image"], comp_rows)
+    st = result["pseudo_label_stats"]
+    facts = (
+        f"{n} unlabeled images {result['image_size']}x{result['image_size']}, batch {result['batch_size']}, "
+        f"3 teachers IMUNet(alpha=0.5); paper acceptance rule kept {st.get('images_kept', '?')}/{n}, "
+        f"mean IM fraction {100 * st.get('im_fraction', float('nan')):.1f}%; "
+        f"target overhead < 10%: {'met' if result['target_met'] else 'MISSED'}"
+    )
+    return "\n\n".join([facts, main, over, comp])
