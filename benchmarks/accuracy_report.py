@@ -75,7 +75,7 @@ def gap_closure(table: list[dict[str, Any]], key: str, higher: bool) -> dict[str
 
     ldt, fdt = at("LDT", 0), at("FDT", 0)
     out: dict[str, Any] = {"LDT": ldt, "FDT": fdt, "ALDT": at("ALDT", 0)}
-    for method in ("IM (n=2)", "IM (n=3)"):
+    for method in sorted({t["method"] for t in table if t["method"].startswith("IM")}):
         gens = sorted((t["generation"], t.get(f"{key}_mean")) for t in table if t["method"] == method)
         if not gens or ldt is None or fdt is None or fdt == ldt:
             continue
@@ -136,7 +136,7 @@ def write_report(args, methods: list[str], wall_seconds: float, slug) -> Path:
     atomic_write_json(args.out / "gap_closure.json", gap)
 
     per_seed: dict[str, list[list[float]]] = {}
-    for method in ("IM (n=2)", "IM (n=3)"):
+    for method in [m for m in methods if m.startswith("IM")]:
         seeds = []
         for seed in args.seeds:
             vals = sorted(
@@ -188,7 +188,7 @@ def write_report(args, methods: list[str], wall_seconds: float, slug) -> Path:
         "| method | final generation | final | closure (final) | best generation | best | closure (best) |"
     )
     md.append("|---|---|---|---|---|---|---|")
-    for method in ("IM (n=2)", "IM (n=3)"):
+    for method in [m for m in methods if m.startswith("IM")]:
         g = gap.get(method)
         if g:
             md.append(
@@ -237,7 +237,7 @@ def _log_mlflow(args, methods: list[str], gap: dict[str, Any], files: list[Path 
     }
     for k, v in params.items():
         client.log_param(rid, k, str(v))
-    for method in ("IM (n=2)", "IM (n=3)"):
+    for method in [m for m in methods if m.startswith("IM")]:
         if method in gap:
             tag = method.replace(" ", "").replace("(", "_").replace(")", "").replace("=", "")
             client.log_metric(rid, f"gap_closure_final_{tag}", gap[method]["closure_final"])

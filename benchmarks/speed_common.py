@@ -76,7 +76,10 @@ def summarize(samples: Sequence[float]) -> dict[str, Any]:
 
 
 def interleaved(
-    runs: Mapping[str, Callable[[], Any]], repeats: int, warmup: int = 1, log: Callable[[str], None] | None = None
+    runs: Mapping[str, Callable[[], Any]],
+    repeats: int,
+    warmup: int = 1,
+    log: Callable[[str], None] | None = None,
 ) -> dict[str, list[float]]:
     """Time every callable ``repeats`` times, interleaved round by round (A B C, C B A, A B C ...).
 
@@ -119,7 +122,9 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-def isic_like_items(root: str | os.PathLike, num_images: int, size: int, seed: int = 0) -> list[dict[str, str]]:
+def isic_like_items(
+    root: str | os.PathLike, num_images: int, size: int, seed: int = 0
+) -> list[dict[str, str]]:
     """``num_images`` synthetic ISIC-like image / mask pairs written under ``root`` (absolute paths).
 
     All generated training images are returned (the labeled / unlabeled split of the dataset is

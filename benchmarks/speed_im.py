@@ -55,7 +55,9 @@ def _case(
     pl_n, im_n = reference_inconsistency_mask(preds_np)
     identical = bool(np.array_equal(pl_t.numpy(), pl_n) and np.array_equal(im_t.numpy(), im_n))
     if not identical:
-        raise AssertionError(f"{name}: monai_im.transforms.inconsistency_mask differs from the reference rule")
+        raise AssertionError(
+            f"{name}: monai_im.transforms.inconsistency_mask differs from the reference rule"
+        )
 
     runs = {
         "torch batched": lambda: inconsistency_mask(preds, mode=mode),

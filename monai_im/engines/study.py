@@ -75,7 +75,8 @@ class SelfTrainingStudy:
         epochs: training epochs per student.
         batch_size: training and inference batch size.
         val_interval: validate every this many epochs (and after the last epoch).
-        seed: base seed; student k of generation g uses ``seed + 1000 * g + k``.
+        seed: base seed; student k of generation g uses ``100000 * seed + 1000 * g + k`` (see
+            :meth:`student_seed`), so that studies with different seeds share no student.
         device: torch device; default CUDA when available, else CPU.
         amp: mixed precision (used on CUDA only).
         inferer: how networks are applied in validation, test and pseudo-labelling (e.g. AdaptiveInferer).
@@ -207,6 +208,11 @@ class SelfTrainingStudy:
             **self.params,
         }
 
+    def student_seed(self, generation: int, index: int) -> int:
+        """The seed of student ``index`` of ``generation``: distinct for every (seed, generation, index)
+        with fewer than 100 generations and 1000 students."""
+        return 100_000 * self.seed + 1000 * generation + index
+
     # ------------------------------------------------------------------ paths
     def generation_dir(self, generation: int) -> Path:
         return self.output_dir / f"generation_{generation}"
@@ -310,7 +316,7 @@ class SelfTrainingStudy:
                     num_workers=self.num_workers,
                     progress=False,
                 )
-            seed = self.seed + 1000 * generation + k
+            seed = self.student_seed(generation, k)
             set_determinism(seed=seed)
             net = build_network(self.network).to(self.device)
             loader = DataLoader(

@@ -112,3 +112,14 @@ def test_paper_augmentation_keeps_image_and_label_aligned():
         moved += not torch.equal(lab, label)
     assert moved > 10, "most views are flipped or rotated"
     set_determinism(None)
+
+
+def test_student_seeds_of_different_studies_never_overlap():
+    from monai_im.engines import SelfTrainingStudy
+
+    seeds = set()
+    for base in range(3):
+        study = SelfTrainingStudy.__new__(SelfTrainingStudy)
+        study.seed = base
+        seeds |= {study.student_seed(g, k) for g in range(6) for k in range(5)}
+    assert len(seeds) == 3 * 6 * 5

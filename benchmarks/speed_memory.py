@@ -1,0 +1,183 @@
+"""Benchmark 4: peak memory of pseudo-labelling as the unlabeled set grows 10x.
+
+Every set size runs in a fresh Python process (this file with ``--child``), which reports its own
+peak resident set size (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) after pseudo-labelling.
+A streaming pseudo-labeller keeps only one batch in memory, so the peak must not grow with the
+set. The strategy keeps every image (the most files and datalist entries, the worst case), and
+the teachers are untrained networks (their weights do not change the memory footprint).
+
+Linux keeps ``ru_maxrss`` across ``exec``: a child started directly by this (large) process would
+report at least the parent's resident size at the time of the fork. Each child is therefore
+started through a tiny intermediate Python process, whose small footprint is all that carries
+over. The child also reports ``VmHWM`` from ``/proc/self/status`` (the peak of its own address
+space only) as a cross-check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from speed_common import isic_like_items, log, table
+
+__all__ = ["run_memory_benchmark", "memory_table"]
+
+BATCH = 32
+# a small process in between, so that the child does not inherit this process's ru_maxrss
+_LAUNCHER = "import subprocess, sys; sys.exit(subprocess.call(sys.argv[1:]))"
+
+
+def _vm_hwm_mib() -> float | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return None
+
+
+def _child(args: argparse.Namespace) -> None:
+    import resource
+    import time
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from monai_im.engines import InconsistencyMaskStrategy, PseudoLabeler
+    from monai_im.io import load_json
+    from monai_im.networks import IMUNet
+    from monai_im.transforms import image_segmentation_transforms
+
+    root = Path(args.dataset)
+    datalist = load_json(root / "datalist.json")
+    items = [{"image": str(root / it["image"])} for it in datalist["labeled"] + datalist["unlabeled"]]
+    items = sorted(items, key=lambda it: it["image"])[: args.num_images]
+    teachers = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        teachers.append(IMUNet(2, 3, 1, alpha=0.5).eval())
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    keep_all = InconsistencyMaskStrategy(min_foreground=0, foreground_exceeds_im=False)
+    start = time.perf_counter()
+    result = PseudoLabeler(keep_all, batch_size=BATCH, progress=False)(
+        teachers, items, image_segmentation_transforms((args.size, args.size), num_channels=3), args.output
+    )
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    print(
+        json.dumps(
+            {
+                "images": len(items),
+                "written": len(result.items),
+                "peak_rss_mib": peak / 1024.0,
+                "peak_rss_before_mib": before / 1024.0,
+                "vm_hwm_mib": _vm_hwm_mib(),
+                "seconds": seconds,
+            }
+        )
+    )
+
+
+def run_memory_benchmark(threads: int, quick: bool = False) -> dict[str, Any]:
+    """Peak RSS of pseudo-labelling n and 10 n images, each in a fresh process."""
+    size = 64 if quick else 128
+    small = 32 if quick else 64
+    sizes = [small, 10 * small]
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="mem_speed_") as tmp:
+        log(f"[memory] writing {sizes[-1]} synthetic images of {size}x{size}")
+        isic_like_items(Path(tmp) / "data", sizes[-1], size)
+        for n in sizes:
+            log(f"[memory] pseudo-labelling {n} images in a fresh process")
+            proc = subprocess.run(
+                [
+                    sys.executable,
+                    "-c",
+                    _LAUNCHER,
+                    sys.executable,
+                    str(Path(__file__).resolve()),
+                    "--child",
+                    "--dataset",
+                    str(Path(tmp) / "data"),
+                    "--num-images",
+                    str(n),
+                    "--size",
+                    str(size),
+                    "--threads",
+                    str(threads),
+                    "--output",
+                    str(Path(tmp) / f"out_{n}"),
+                ],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if proc.returncode != 0:
+                raise RuntimeError(f"memory child for {n} images failed:\n{proc.stderr[-4000:]}")
+            runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    ratio = runs[-1]["peak_rss_mib"] / runs[0]["peak_rss_mib"]
+    held = sizes[-1] * 3 * size * size * 4 / 2**20
+    return {
+        "image_size": size,
+        "batch_size": BATCH,
+        "runs": runs,
+        "ratio": ratio,
+        "float32_set_mib": held,
+        "flat": ratio < 1.10,
+    }
+
+
+def memory_table(result: dict[str, Any]) -> str:
+    rows = [
+        [
+            r["images"],
+            r["written"],
+            f"{r['peak_rss_before_mib']:.0f}",
+            f"{r['peak_rss_mib']:.0f}",
+            f"{r['vm_hwm_mib']:.0f}" if r.get("vm_hwm_mib") is not None else "n/a",
+            f"{r['seconds']:.1f}",
+        ]
+        for r in result["runs"]
+    ]
+    facts = (
+        f"{result['image_size']}x{result['image_size']} images, batch {result['batch_size']}, 3 teachers, every image "
+        f"written; peak ratio {result['ratio']:.3f} ({'flat' if result['flat'] else 'NOT flat'}; holding the "
+        f"largest set as float32 tensors alone would take {result['float32_set_mib']:.0f} MiB)"
+    )
+    return (
+        facts
+        + "\n\n"
+        + table(
+            [
+                "unlabeled images",
+                "written",
+                "peak RSS before (MiB)",
+                "peak RSS after (MiB)",
+                "VmHWM (MiB)",
+                "seconds",
+            ],
+            rows,
+        )
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="child process of the memory benchmark")
+    p.add_argument("--child", action="store_true")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--num-images", type=int, required=True)
+    p.add_argument("--size", type=int, required=True)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--output", required=True)
+    return p
+
+
+if __name__ == "__main__":
+    _child(_parser().parse_args())
