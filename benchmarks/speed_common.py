@@ -80,27 +80,34 @@ def interleaved(
     repeats: int,
     warmup: int = 1,
     log: Callable[[str], None] | None = None,
-) -> dict[str, list[float]]:
-    """Time every callable ``repeats`` times, interleaved round by round (A B C, C B A, A B C ...).
+) -> dict[str, dict[str, list[float]]]:
+    """Time every callable ``repeats`` times, interleaved round by round in rotating order.
 
-    Interleaving spreads slow phases of a shared machine over all variants instead of penalising
-    the one that happened to run during them. ``warmup`` untimed rounds come first.
+    Round r runs the variants starting at position r (A B C, B C A, C A B, ...), so no variant
+    runs twice in a row and each takes every position equally often: a slow (or quiet) phase of
+    a shared machine is spread over all variants instead of favouring one. ``warmup`` untimed
+    rounds come first.
 
     Returns:
-        the wall-clock seconds of each run, per name, in round order.
+        per name, ``wall`` (wall-clock seconds) and ``cpu`` (CPU seconds of this process, all
+        threads, user + system) of each run, in round order. CPU time is much less sensitive
+        than wall time to other processes competing for the cores.
     """
     names = list(runs)
     for _ in range(warmup):
         for name in names:
             runs[name]()
-    times: dict[str, list[float]] = {name: [] for name in names}
+    times: dict[str, dict[str, list[float]]] = {name: {"wall": [], "cpu": []} for name in names}
     for r in range(repeats):
-        for name in names if r % 2 == 0 else reversed(names):
-            start = time.perf_counter()
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            cpu0, wall0 = time.process_time(), time.perf_counter()
             runs[name]()
-            times[name].append(time.perf_counter() - start)
+            wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+            times[name]["wall"].append(wall)
+            times[name]["cpu"].append(cpu)
             if log is not None:
-                log(f"  round {r + 1}/{repeats} {name}: {times[name][-1]:.3f} s")
+                log(f"  round {r + 1}/{repeats} {name}: {wall:.3f} s wall, {cpu:.3f} s CPU")
     return times
 
 

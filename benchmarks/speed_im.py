@@ -75,7 +75,8 @@ def _case(
 
         runs["torch batched, 1 thread"] = one_thread
     times = interleaved(runs, repeats=repeats, warmup=2)
-    stats = {k: summarize(v) for k, v in times.items()}
+    stats = {k: summarize(v["wall"]) for k, v in times.items()}
+    cpu = {k: summarize(v["cpu"]) for k, v in times.items()}
     ref = stats["numpy per image"]["median"]
     return {
         "case": name,
@@ -88,6 +89,7 @@ def _case(
                 **s,
                 "images_per_s": batch / s["median"],
                 "speedup_vs_numpy": ref / s["median"],
+                "cpu": cpu[k],
             }
             for k, s in stats.items()
         },

@@ -27,7 +27,14 @@ class FakeStudy:
         self.observers.append(obs)
 
     def describe(self) -> dict:
-        return {"method": "im", "students": 2, "teachers": 2, "generations": 1, "seed": 42, "max_im_fraction": None}
+        return {
+            "method": "im",
+            "students": 2,
+            "teachers": 2,
+            "generations": 1,
+            "seed": 42,
+            "max_im_fraction": None,
+        }
 
     def generation_dir(self, g: int) -> Path:
         return self.output_dir / f"generation_{g}"
@@ -37,8 +44,14 @@ def summary(study: FakeStudy, g: int, iou: float) -> dict:
     ckpt = study.generation_dir(g) / "student_0" / "model.pt"
     ckpt.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"w": torch.zeros(1)}, ckpt)
-    return {"generation": g, "val_iou": iou, "test": {"test_iou": iou - 0.1}, "training_images": 10,
-            "pseudo_labels": {"im_fraction": 0.1} if g else {}, "checkpoint": str(ckpt)}
+    return {
+        "generation": g,
+        "val_iou": iou,
+        "test": {"test_iou": iou - 0.1},
+        "training_images": 10,
+        "pseudo_labels": {"im_fraction": 0.1} if g else {},
+        "checkpoint": str(ckpt),
+    }
 
 
 def runs(uri: str, experiment: str = "monai_im"):
@@ -56,7 +69,10 @@ def test_default_store_is_sqlite_under_output_dir(tmp_path, monkeypatch):
 def test_environment_and_explicit_uri_take_precedence(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
     assert MLflowStudyHandler(output_dir=tmp_path).tracking_uri == "http://127.0.0.1:5999"
-    assert MLflowStudyHandler(output_dir=tmp_path, tracking_uri="sqlite:///x.db").tracking_uri == "sqlite:///x.db"
+    assert (
+        MLflowStudyHandler(output_dir=tmp_path, tracking_uri="sqlite:///x.db").tracking_uri
+        == "sqlite:///x.db"
+    )
 
 
 def test_runs_nest_log_per_generation_and_resume(tmp_path, monkeypatch):
@@ -99,7 +115,9 @@ def test_runs_nest_log_per_generation_and_resume(tmp_path, monkeypatch):
     students = [r for r in all_runs if r.data.tags.get("mlflow.parentRunId") in {g.info.run_id for g in gens}]
     assert sorted(r.info.status for r in students) == ["FINISHED", "KILLED"]
     done = next(r for r in students if r.info.status == "FINISHED")
-    assert done.data.metrics["train_loss"] == pytest.approx(0.5) and done.data.metrics["best_val_iou"] == pytest.approx(0.3)
+    assert done.data.metrics["train_loss"] == pytest.approx(0.5) and done.data.metrics[
+        "best_val_iou"
+    ] == pytest.approx(0.3)
     state = json.loads((tmp_path / "mlflow_runs.json").read_text())
     assert state["parent"] == parents[0].info.run_id and state["finished"] == [0, 1]
     arts = {a.path for a in client.list_artifacts(parents[0].info.run_id, "figures")}
