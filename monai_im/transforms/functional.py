@@ -169,13 +169,20 @@ def inconsistency_mask(
             raise ValueError(
                 f"mode 'binary' needs C = 1 channel, got C = {num_channels}; use 'multiclass' or 'multilabel'."
             )
-        count = (preds > threshold).sum(dim=0)  # (B, C, *spatial)
-        pseudo_label = count == num_teachers
-        im = ((count > 0) & (count < num_teachers)).any(dim=1, keepdim=True)
+        # all teachers say foreground <=> the smallest probability is above the threshold, and some
+        # teacher does <=> the largest is; min/max over the teacher axis are much cheaper on CPU
+        # than boolean all/any or integer counts over that axis
+        pseudo_label = preds.amin(dim=0) > threshold
+        disagree = (preds.amax(dim=0) > threshold) & ~pseudo_label  # some, but not all
+        im = disagree if num_channels == 1 else disagree.any(dim=1, keepdim=True)
 
-    im = dilate_mask(im.to(dtype), dilation)
-    pseudo_label = torch.where(im > 0, torch.zeros((), dtype=dtype, device=im.device), pseudo_label.to(dtype))
-    return pseudo_label, im
+    if dilation > 1:
+        im = dilate_mask(im.to(dtype), dilation) > 0
+    if mode != "binary" or dilation > 1:  # binary without dilation: already 0 inside the IM
+        pseudo_label = (
+            pseudo_label & ~im if pseudo_label.dtype == torch.bool else pseudo_label.masked_fill(im, 0)
+        )
+    return pseudo_label.to(dtype), im.to(dtype)
 
 
 def _check_mask(im: torch.Tensor, target: torch.Tensor, name: str) -> torch.Tensor:
