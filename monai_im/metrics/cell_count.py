@@ -48,16 +48,21 @@ def _window_sums(maps: torch.Tensor, window: int) -> torch.Tensor:
     """Sum of each channel over the window anchored at every pixel, zero outside the image.
 
     ``maps`` is (B, K, *spatial); the result has the same shape, in float64 so integer-valued masks give
-    exact sums (ties stay ties).
+    exact sums (ties stay ties). Computed with running sums along each spatial axis (a summed-area
+    table), which costs a few passes over the data whatever the window size.
     """
     spatial_dims = maps.dim() - 2
     before = window // 2
     after = window - 1 - before
-    padded = F.pad(maps.double(), [before, after] * spatial_dims)  # pad spec is symmetric per axis here
-    n_ch = maps.shape[1]
-    kernel = torch.ones((n_ch, 1, *([window] * spatial_dims)), dtype=torch.float64, device=maps.device)
-    conv = F.conv2d if spatial_dims == 2 else F.conv3d
-    return conv(padded, kernel, groups=n_ch)
+    x = maps.double()
+    for axis in range(2, 2 + spatial_dims):
+        pad = [0, 0] * spatial_dims  # F.pad lists the last axis first
+        k = 2 * (spatial_dims - 1 - (axis - 2))
+        pad[k], pad[k + 1] = before + 1, after  # one extra leading zero for the differences
+        c = F.pad(x, pad).cumsum(dim=axis)
+        n = c.shape[axis] - window
+        x = c.narrow(axis, window, n) - c.narrow(axis, 0, n)
+    return x
 
 
 def cell_counts(

@@ -120,3 +120,21 @@ def test_bad_inputs_raise():
         cell_counts(GT[0])
     with pytest.raises(ValueError, match="out of range"):
         cell_counts(GT[:2])
+
+
+def test_window_sums_match_a_brute_force_convolution():
+    import torch.nn.functional as F
+
+    from monai_im.metrics.cell_count import _window_sums
+
+    torch.manual_seed(0)
+    maps = (torch.rand(2, 2, 13, 11) > 0.5).float()
+    for window in (1, 2, 5, 6):
+        before, after = window // 2, window - 1 - window // 2
+        padded = F.pad(maps.double(), [before, after, before, after])
+        kernel = torch.ones(2, 1, window, window, dtype=torch.float64)
+        expected = F.conv2d(padded, kernel, groups=2)
+        assert torch.equal(_window_sums(maps, window), expected)
+    maps3 = (torch.rand(1, 1, 5, 6, 7) > 0.5).float()
+    expected3 = F.conv3d(F.pad(maps3.double(), [3, 2] * 3), torch.ones(1, 1, 6, 6, 6, dtype=torch.float64))
+    assert torch.equal(_window_sums(maps3, 6), expected3)
