@@ -22,10 +22,12 @@ import shutil
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 
 from accuracy_report import write_report  # a sibling module: the script's folder is on sys.path
+
+from monai_im.io import atomic_write_json
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,7 +51,11 @@ VARIANTS = {
         "max_im_fraction": 0.3,
     },
 }
-REUSES_GENERATION_0 = {"IM (n=2)", "LDT", *VARIANTS}
+# the IM-on-augmented-data variant: generation 0 is ALDT (--methods ... "AIM (n=2)")
+VARIANTS["AIM (n=2)"] = {"method": "aim", "num_teachers": 2}
+# studies whose generation 0 is another study's: (method -> the study it is copied from)
+GENERATION_0_FROM = {"IM (n=2)": "IM (n=3)", "LDT": "IM (n=3)", "IM-ignore (n=2)": "IM (n=3)", "AIM (n=2)": "ALDT"}
+REUSES_GENERATION_0 = set(GENERATION_0_FROM)
 ALL_METHODS = {**METHODS, **VARIANTS}
 
 
@@ -102,6 +108,7 @@ def bundle_command(args: argparse.Namespace, label: str, seed: int) -> list[str]
         "num_students": args.students,
         "num_generations": args.generations,
         "epochs": args.epochs,
+        "min_steps": args.min_steps,
         "batch_size": args.batch_size,
         "demo_num_train": args.num_train,
         "demo_num_val": args.num_val,
@@ -109,6 +116,7 @@ def bundle_command(args: argparse.Namespace, label: str, seed: int) -> list[str]
         "demo_image_size": args.size,
         "image_size": [args.size, args.size],
         "progress": False,
+        "val_interval": 1,  # every epoch: checkpoints and teachers are picked on the validation metric
     }
     if args.alpha is not None:
         overrides["alpha"] = args.alpha
@@ -118,13 +126,25 @@ def bundle_command(args: argparse.Namespace, label: str, seed: int) -> list[str]
     return cmd
 
 
+def finished(out: Path, generations: int) -> bool:
+    """Whether the study in ``out`` has run to the end; a study asked for more generations than it
+    has is not (the bundle resumes it and adds the missing ones)."""
+    f = out / "results.json"
+    if not f.is_file():
+        return False
+    results = json.loads(f.read_text())
+    if results.get("study", {}).get("method") not in ("im", "model_ensemble"):
+        return True  # one generation only
+    return len(results.get("generations", [])) >= generations + 1
+
+
 def run_one(args: argparse.Namespace, label: str, seed: int) -> float:
     out = run_dir(args.out, label, seed)
-    if (out / "results.json").is_file():
+    if finished(out, args.generations):
         return 0.0
     out.mkdir(parents=True, exist_ok=True)
     if label in REUSES_GENERATION_0:
-        copy_generation_0(run_dir(args.out, "IM (n=3)", seed), out, label)
+        copy_generation_0(run_dir(args.out, GENERATION_0_FROM[label], seed), out, label)
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     start = time.time()
     log = args.out / "logs" / f"{slug(label)}_seed{seed}.log"
@@ -138,6 +158,43 @@ def run_one(args: argparse.Namespace, label: str, seed: int) -> float:
     seconds = time.time() - start
     print(f"  {label:9s} seed {seed}: {seconds:6.0f}s", flush=True)
     return seconds
+
+
+def schedule(methods: list[str], seeds: list[int]) -> list[tuple[str, int]]:
+    """The studies in the order they should start: each seed's IM (n = 3) study first (the others of
+    that seed reuse its generation 0), then the longest studies first (IM before ALDT, FDT, LDT)."""
+    rank = {"IM (n=3)": 0, "ALDT": 1, **{m: 2 for m in REUSES_GENERATION_0 if m != "LDT"}, "FDT": 3, "LDT": 4}
+    jobs = [(m, s) for m in methods for s in seeds]
+    return sorted(jobs, key=lambda ms: (rank.get(ms[0], 1), ms[1]))
+
+
+def ready(args: argparse.Namespace, label: str, seed: int) -> bool:
+    """Whether a study can start: those that reuse generation 0 wait for it to be finished."""
+    if label not in REUSES_GENERATION_0:
+        return True
+    return (run_dir(args.out, GENERATION_0_FROM[label], seed) / "generation_0" / "summary.json").is_file()
+
+
+def run_all(args: argparse.Namespace, methods: list[str]) -> None:
+    """Run every (method, seed) study, ``args.jobs`` at a time, each as soon as it can start (no
+    barrier between the generation-0 studies and those that reuse them)."""
+    pending = schedule(methods, args.seeds)
+    print(f"{args.dataset}: {len(pending)} studies, {args.jobs} at a time", flush=True)
+    running: dict = {}
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        while pending or running:
+            while len(running) < args.jobs:
+                nxt = next((ms for ms in pending if ready(args, *ms)), None)
+                if nxt is None:
+                    break
+                pending.remove(nxt)
+                running[pool.submit(run_one, args, *nxt)] = nxt
+            if not running:
+                raise RuntimeError(f"studies waiting on a generation 0 that no study makes: {pending}")
+            done, _ = wait(list(running), timeout=5, return_when=FIRST_COMPLETED)
+            for fut in done:
+                running.pop(fut)
+                fut.result()  # a failed study stops the driver (finished studies are kept and skipped on rerun)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -156,8 +213,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--generations", type=int, default=3)
     p.add_argument("--students", type=int, default=3)
     p.add_argument("--epochs", type=int, default=20)
+    p.add_argument(
+        "--min-steps",
+        type=int,
+        default=400,
+        help="floor on each student's optimiser steps (the paper's labeled-only ISIC students take about 400)",
+    )
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--num-train", type=int, default=300)
+    p.add_argument("--num-train", type=int, default=240)
     p.add_argument("--num-val", type=int, default=40)
     p.add_argument("--num-test", type=int, default=100)
     p.add_argument("--size", type=int, default=64)
@@ -175,8 +238,9 @@ def main(argv: list[str] | None = None) -> int:
     args.out = args.out.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
     methods = [m for m in ALL_METHODS if m in args.methods]
-    if any(m in REUSES_GENERATION_0 for m in methods) and "IM (n=3)" not in methods:
-        methods.insert(0, "IM (n=3)")
+    for source in {GENERATION_0_FROM[m] for m in methods if m in GENERATION_0_FROM}:
+        if source not in methods:
+            methods.insert(0, source)
     start = time.time()
     if not args.report_only:
         from monai_im.data import ensure_demo_dataset
@@ -192,13 +256,13 @@ def main(argv: list[str] | None = None) -> int:
             progress=False,
         )
         init_store(args)
-        first = [(m, s) for s in args.seeds for m in methods if m not in REUSES_GENERATION_0]
-        second = [(m, s) for s in args.seeds for m in methods if m in REUSES_GENERATION_0]
-        print(f"{args.dataset}: {len(first) + len(second)} studies, {args.jobs} at a time", flush=True)
-        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-            for stage in (first, second):
-                list(pool.map(lambda ms: run_one(args, *ms), stage))
-    report = write_report(args, methods, wall_seconds=time.time() - start, slug=slug)
+        run_all(args, methods)
+    timing = args.out / "timing.json"
+    if not args.report_only:
+        # the wall clock of this run, kept for --report-only (a rerun that skips finished studies is shorter)
+        atomic_write_json(timing, {"wall_seconds": time.time() - start, "jobs": args.jobs, "threads": args.threads})
+    wall = json.loads(timing.read_text())["wall_seconds"] if timing.is_file() else None
+    report = write_report(args, methods, wall_seconds=wall, slug=slug, reused=REUSES_GENERATION_0)
     publish = args.publish or REPO / "benchmarks" / "results" / args.dataset
     publish.mkdir(parents=True, exist_ok=True)
     for f in report.parent.iterdir():

@@ -21,6 +21,11 @@ KEY = {"isic": ("test_iou", True), "hela": ("test_mcce", False)}
 PSEUDO = ("kept_fraction", "im_fraction", "im_fraction_kept", "label_iou", "label_iou_kept")
 
 
+def is_im(method: str) -> bool:
+    """Whether a method label names an IM study (IM, IM-ignore, AIM): those have generations."""
+    return "IM" in method
+
+
 def collect(out: Path, methods: list[str], seeds: list[int], slug) -> list[dict[str, Any]]:
     """One record per (method, seed, generation) from the runs' results.json."""
     rows = []
@@ -35,6 +40,8 @@ def collect(out: Path, methods: list[str], seeds: list[int], slug) -> list[dict[
                     {f"pseudo_{k}": v for k, v in (g.get("pseudo_labels") or {}).items() if k in PSEUDO}
                 )
                 row["training_images"] = g.get("training_images")
+                row["seconds"] = g.get("seconds")
+                row["val_key"] = next((v for k, v in g.items() if k.startswith("val_")), None)
                 rows.append(row)
     return rows
 
@@ -60,6 +67,9 @@ def summarise(rows: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
     for (method, gen), rs in groups.items():
         entry = {"method": method, "generation": gen}
         entry.update({f"{key}_{k}": v for k, v in _stats([r.get(key) for r in rs]).items()})
+        val = _stats([r.get("val_key") for r in rs])
+        if val:
+            entry["val_key_mean"] = val["mean"]
         for p in PSEUDO:
             s = _stats([r.get(f"pseudo_{p}") for r in rs])
             if s:
@@ -75,20 +85,26 @@ def gap_closure(table: list[dict[str, Any]], key: str, higher: bool) -> dict[str
 
     ldt, fdt = at("LDT", 0), at("FDT", 0)
     out: dict[str, Any] = {"LDT": ldt, "FDT": fdt, "ALDT": at("ALDT", 0)}
-    for method in sorted({t["method"] for t in table if t["method"].startswith("IM")}):
+    for method in sorted({t["method"] for t in table if is_im(t["method"])}):
         gens = sorted((t["generation"], t.get(f"{key}_mean")) for t in table if t["method"] == method)
         if not gens or ldt is None or fdt is None or fdt == ldt:
             continue
         final = gens[-1][1]
-        best_gen, best = (max if higher else min)(gens, key=lambda gv: gv[1])
+        # the generation one would pick without the test set: best mean validation key metric
+        vals = {t["generation"]: t.get("val_key_mean") for t in table if t["method"] == method}
+        if all(v is not None for v in vals.values()):
+            best_gen = (max if higher else min)(vals, key=lambda g: vals[g])
+        else:
+            best_gen = (max if higher else min)(gens, key=lambda gv: gv[1])[0]
+        best = dict(gens)[best_gen]
         sign = 1 if higher else -1
         out[method] = {
             "final_generation": gens[-1][0],
             "final": final,
-            "closure_final": sign * (final - ldt) / (sign * (fdt - ldt)),
+            "closure_final": sign * (final - ldt) / (sign * (fdt - ldt)) + 0.0,
             "best_generation": best_gen,
             "best": best,
-            "closure_best": sign * (best - ldt) / (sign * (fdt - ldt)),
+            "closure_best": sign * (best - ldt) / (sign * (fdt - ldt)) + 0.0,
         }
     return out
 
@@ -104,10 +120,13 @@ def _markdown(table: list[dict[str, Any]], columns: list[str]) -> str:
     return "\n".join(lines)
 
 
-def write_report(args, methods: list[str], wall_seconds: float, slug) -> Path:
+def write_report(
+    args, methods: list[str], wall_seconds: float | None, slug, reused: frozenset[str] | set[str] = frozenset()
+) -> Path:
     """Write report.md, summary.csv, runs.csv, gap_closure.json and the plot into ``args.out``.
 
-    ``slug(label)`` names a method's folder under ``args.out / "runs"``.
+    ``slug(label)`` names a method's folder under ``args.out / "runs"``; the methods in ``reused``
+    copied their generation 0 from another study, so its time is not counted twice.
     """
     from monai_im.io import atomic_write_bytes, atomic_write_json
     from monai_im.visualize import plot_metric_over_generations
@@ -136,7 +155,7 @@ def write_report(args, methods: list[str], wall_seconds: float, slug) -> Path:
     atomic_write_json(args.out / "gap_closure.json", gap)
 
     per_seed: dict[str, list[list[float]]] = {}
-    for method in [m for m in methods if m.startswith("IM")]:
+    for method in [m for m in methods if is_im(m)]:
         seeds = []
         for seed in args.seeds:
             vals = sorted(
@@ -164,9 +183,26 @@ def write_report(args, methods: list[str], wall_seconds: float, slug) -> Path:
         f"{len(args.seeds)} seeds ({', '.join(map(str, args.seeds))}); {args.num_train} training images "
         f"({args.size}x{args.size}, 10% labeled), {args.num_val} validation, {args.num_test} test; "
         f"{args.students} students per generation, {args.generations} generations after generation 0, "
-        f"{args.epochs} epochs, batch {args.batch_size}; {args.jobs} studies at a time with {args.threads} "
-        f"thread(s) each on {platform.machine()} ({wall_seconds / 60:.0f} min wall clock)."
+        f"{args.epochs} epochs (at least {args.min_steps} optimiser steps per student), batch {args.batch_size}; "
+        f"{args.jobs} studies at a time with {args.threads} "
+        f"thread(s) each on {platform.machine()}"
+        + (f" ({wall_seconds / 60:.0f} min wall clock for the last invocation)." if wall_seconds else ".")
     )
+    study_seconds = sum(
+        r["seconds"] or 0 for r in rows if not (r["method"] in reused and r["generation"] == 0)
+    )
+    by_method = defaultdict(float)
+    for r in rows:
+        if not (r["method"] in reused and r["generation"] == 0):
+            by_method[r["method"]] += r["seconds"] or 0
+    md += [
+        "",
+        f"Training, pseudo-labelling and testing took {study_seconds / 60:.0f} min summed over all studies "
+        f"(without process start-up), about {study_seconds / 60 / max(args.jobs, 1):.0f} min with "
+        f"{args.jobs} at a time: "
+        + ", ".join(f"{m} {v / 60:.1f}" for m, v in by_method.items())
+        + " min.",
+    ]
     md += [
         "",
         f"## {key} on the test set (best student of each generation; mean, std, min, max over seeds)",
@@ -185,10 +221,10 @@ def write_report(args, methods: list[str], wall_seconds: float, slug) -> Path:
     )
     md.append("")
     md.append(
-        "| method | final generation | final | closure (final) | best generation | best | closure (best) |"
+        "| method | final generation | final | closure (final) | generation picked on validation | its test | closure (picked) |"
     )
     md.append("|---|---|---|---|---|---|---|")
-    for method in [m for m in methods if m.startswith("IM")]:
+    for method in [m for m in methods if is_im(m)]:
         g = gap.get(method)
         if g:
             md.append(
@@ -202,7 +238,7 @@ def write_report(args, methods: list[str], wall_seconds: float, slug) -> Path:
         "unlabeled images and over the kept ones."
     )
     md.append("")
-    pl = [t for t in table if t["method"].startswith("IM") and t["generation"] > 0]
+    pl = [t for t in table if is_im(t["method"]) and t["generation"] > 0]
     md.append(_markdown(pl, ["method", "generation"] + [f"pseudo_{p}_mean" for p in PSEUDO]))
     if plot is not None:
         md += ["", f"![{key} over generations]({Path(plot).name})"]
@@ -232,12 +268,13 @@ def _log_mlflow(args, methods: list[str], gap: dict[str, Any], files: list[Path 
         "generations": args.generations,
         "students": args.students,
         "epochs": args.epochs,
+        "min_steps": args.min_steps,
         "image_size": args.size,
         "num_train": args.num_train,
     }
     for k, v in params.items():
         client.log_param(rid, k, str(v))
-    for method in [m for m in methods if m.startswith("IM")]:
+    for method in [m for m in methods if is_im(m)]:
         if method in gap:
             tag = method.replace(" ", "").replace("(", "_").replace(")", "").replace("=", "")
             client.log_metric(rid, f"gap_closure_final_{tag}", gap[method]["closure_final"])

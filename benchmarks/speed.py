@@ -12,13 +12,17 @@ Usage::
     python benchmarks/speed.py                       # everything (about half an hour on 2 CPU cores)
     python benchmarks/speed.py --quick               # a short smoke run (smaller sizes, fewer repeats)
     python benchmarks/speed.py --only im pseudo --threads 2 --out benchmarks/results/speed.json
+    python benchmarks/speed.py --report-only --docs docs/benchmarks.md   # tables from the JSON into the docs
 
-Progress goes to stderr, the tables to stdout.
+Progress goes to stderr, the tables to stdout. A run of some benchmarks (``--only``) keeps the
+results of the others already in ``--out``; ``--docs`` rewrites the part of a Markdown file between
+the markers ``<!-- speed-results:start -->`` and ``<!-- speed-results:end -->`` with the tables.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import tempfile
 import time
@@ -28,7 +32,7 @@ from typing import Any
 import torch
 from speed_common import environment, header, isic_like_items, log
 
-from monai_im.io import atomic_write_json
+from monai_im.io import atomic_write_bytes, atomic_write_json
 
 BENCHMARKS = ("im", "pseudo", "train", "memory")
 TITLES = {
@@ -55,7 +59,54 @@ def _parser() -> argparse.ArgumentParser:
         "--out", type=Path, default=Path("benchmarks/results/speed.json"), help="JSON file for all results"
     )
     p.add_argument("--profile", action="store_true", help="also print a cProfile of one pseudo-labelling run")
+    p.add_argument("--report-only", action="store_true", help="run nothing: print the tables of the results in --out")
+    p.add_argument(
+        "--docs", type=Path, default=None, help="Markdown file whose speed-results section gets the tables"
+    )
     return p
+
+
+MARKERS = ("<!-- speed-results:start -->", "<!-- speed-results:end -->")
+
+
+def render(name: str, result: dict[str, Any]) -> str:
+    """The Markdown table(s) of one benchmark's saved result."""
+    if name == "im":
+        from speed_im import im_table as fn
+    elif name == "pseudo":
+        from speed_pseudo import pseudo_tables as fn
+    elif name == "train":
+        from speed_train import train_table as fn
+    else:
+        from speed_memory import memory_table as fn
+    return fn(result)
+
+
+def section(name: str, result: dict[str, Any]) -> str:
+    return f"\n### {TITLES[name]}\n\n{header(result['environment'])}\n\n{render(name, result)}\n"
+
+
+def update_docs(path: Path, results: dict[str, Any]) -> None:
+    """Replace the text between the two markers in ``path`` with every benchmark's tables (atomically)."""
+    text = path.read_text()
+    start, end = MARKERS
+    if text.count(start) != 1 or text.count(end) != 1 or text.index(start) > text.index(end):
+        raise SystemExit(f"{path} needs exactly one '{start}' followed by one '{end}'")
+    body = "".join(section(n, results["benchmarks"][n]) for n in BENCHMARKS if n in results["benchmarks"])
+    head, rest = text.split(start)
+    tail = rest.split(end)[1]
+    atomic_write_bytes(path, f"{head}{start}\n{body}\n{end}{tail}".encode())
+    log(f"[docs] speed tables written into {os.fspath(path)}")
+
+
+def load_results(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"{path} is not valid JSON ({e}); move it away or pass another --out") from None
+    return data if isinstance(data, dict) and isinstance(data.get("benchmarks"), dict) else None
 
 
 def _print(name: str, text: str, env: dict[str, Any]) -> None:
@@ -66,11 +117,23 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.threads < 1:
         raise SystemExit("--threads must be at least 1")
+    previous = load_results(args.out)
+    if args.report_only:
+        if previous is None:
+            raise SystemExit(f"no results in {args.out}: run the benchmarks first")
+        for name in BENCHMARKS:
+            if name in previous["benchmarks"]:
+                print(section(name, previous["benchmarks"][name]))
+        if args.docs is not None:
+            update_docs(args.docs, previous)
+        return 0
     torch.set_num_threads(args.threads)
+    kept = {} if previous is None or previous.get("settings", {}).get("quick") != args.quick else previous["benchmarks"]
     results: dict[str, Any] = {
         "settings": {"quick": args.quick, "threads": args.threads, "only": args.only},
         "environment": environment(),
-        "benchmarks": {},
+        # the results of benchmarks not run this time stay (each carries its own machine facts)
+        "benchmarks": {k: v for k, v in kept.items() if k not in args.only},
     }
     size = 128 if args.quick else 256
     pl_images = 64 if args.quick else 256
@@ -112,9 +175,12 @@ def main(argv: list[str] | None = None) -> int:
             if name == "pseudo" and result.get("profile"):
                 print("cProfile of one pseudo-labelling run (from files), top functions by own time:\n")
                 print(result["profile"])
+            result.pop("profile", None)  # printed only: it names this machine's file paths
             atomic_write_json(args.out, results)  # after every benchmark: a crash keeps what was measured
     results["seconds"] = time.time() - started
     atomic_write_json(args.out, results)
+    if args.docs is not None:
+        update_docs(args.docs, results)
     log(f"[done] {results['seconds']:.0f} s; results in {os.fspath(args.out)}")
     return 0
 

@@ -146,6 +146,8 @@ def _components(
             for net in teachers:
                 net(images)
 
+    level = PseudoLabeler(strategy, progress=False).compress_level  # the writer's own PNG setting
+
     def write() -> None:
         # every image of the batch, as if all were accepted: the per-image cost of the writer
         out = work / f"png_{next(counter)}"
@@ -154,9 +156,9 @@ def _components(
         labels = (result.label.float() * 255.0).cpu().numpy()
         ims = (result.im.float() * 255).cpu().numpy()
         for j in range(imgs.shape[0]):
-            save_png(out / f"i{j}.png", imgs[j])
-            save_png(out / f"l{j}.png", labels[j])
-            save_png(out / f"m{j}.png", ims[j])
+            save_png(out / f"i{j}.png", imgs[j], compress_level=level)
+            save_png(out / f"l{j}.png", labels[j], compress_level=level)
+            save_png(out / f"m{j}.png", ims[j], compress_level=level)
 
     steps = {
         "read + preprocess (transforms), collate": lambda: list_data_collate(
@@ -169,7 +171,7 @@ def _components(
         ),
         "IM + acceptance (strategy)": lambda: strategy(probs),
         "mask_image": lambda: mask_image(images, result.im, 0.0),
-        "PNG writing (32 images x 3 files, 1 thread)": write,
+        f"PNG writing (32 images x 3 files, 1 thread, zlib level {level})": write,
     }
     timings: dict[str, dict[str, Any]] = {}
     for name, fn in steps.items():

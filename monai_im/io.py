@@ -100,7 +100,11 @@ def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterat
 
 
 def save_png(
-    path: str | os.PathLike, array: np.ndarray, channel_first: bool = True, reverse_indexing: bool = True
+    path: str | os.PathLike,
+    array: np.ndarray,
+    channel_first: bool = True,
+    reverse_indexing: bool = True,
+    compress_level: int = 6,
 ) -> Path:
     """Save an image array as an 8-bit PNG, atomically.
 
@@ -112,7 +116,12 @@ def save_png(
         reverse_indexing: the spatial axes are in MONAI's ``PILReader`` order (width first), as
             produced by ``LoadImage``; they are swapped back so that a PNG read with MONAI again
             has the same orientation.
+        compress_level: zlib level 0 (none) to 9; PNG is lossless at every level. 6 is Pillow's
+            default; 1 writes natural images about 5x faster for files about 20% larger, which
+            suits files that are written once per generation, such as pseudo-labels.
     """
+    if not 0 <= int(compress_level) <= 9:
+        raise ValueError(f"save_png: compress_level must be 0..9, got {compress_level}")
     arr = np.asarray(array)
     if channel_first and arr.ndim == 3:
         arr = np.moveaxis(arr, 0, -1)
@@ -126,6 +135,6 @@ def save_png(
         arr = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
     path = Path(path)
     with _temporary_sibling(path) as tmp:
-        Image.fromarray(np.ascontiguousarray(arr)).save(tmp, format="PNG")
+        Image.fromarray(np.ascontiguousarray(arr)).save(tmp, format="PNG", compress_level=int(compress_level))
         os.replace(tmp, path)
     return path

@@ -5,6 +5,7 @@ from __future__ import annotations
 from monai_im.engines.inferers import AdaptiveInferer, ensemble_predict
 from monai_im.engines.pseudo_label import FigureSample, PseudoLabeler, PseudoLabelResult
 from monai_im.engines.strategies import (
+    AugmentedInconsistencyMaskStrategy,
     AugmentedLabeledStrategy,
     FullDataStrategy,
     InconsistencyMaskStrategy,
@@ -35,6 +36,7 @@ __all__ = [
     "FullDataStrategy",
     "AugmentedLabeledStrategy",
     "InconsistencyMaskStrategy",
+    "AugmentedInconsistencyMaskStrategy",
     "ModelEnsembleStrategy",
     "StudentResult",
     "build_metrics",

@@ -71,6 +71,9 @@ class PseudoLabeler:
         amp: mixed precision for the forward passes (CUDA only).
         num_figure_images: how many images to keep for the IM figure.
         progress: show a progress bar.
+        compress_level: zlib level of the PNG files written (0-9, all lossless). 1 by default:
+            pseudo-labels are rewritten every generation, and level 1 writes them about 5x faster
+            than Pillow's default 6 for files about 20% larger.
     """
 
     def __init__(
@@ -86,6 +89,7 @@ class PseudoLabeler:
         amp: bool = False,
         num_figure_images: int = 4,
         progress: bool = True,
+        compress_level: int = 1,
     ) -> None:
         self.strategy = strategy
         self.inferer = inferer
@@ -98,6 +102,9 @@ class PseudoLabeler:
         self.amp = amp and self.device.type == "cuda"
         self.num_figure_images = num_figure_images
         self.progress = progress
+        if not 0 <= compress_level <= 9:
+            raise ValueError(f"compress_level must be 0..9, got {compress_level}")
+        self.compress_level = compress_level
 
     def __call__(
         self,
@@ -253,11 +260,11 @@ class PseudoLabeler:
                 "image": str(root / "images" / f"{uid}.png"),
                 "label": str(root / "labels" / f"{uid}.png"),
             }
-            futures.append(pool.submit(save_png, entry["image"], imgs[j]))
-            futures.append(pool.submit(save_png, entry["label"], labels[j]))
+            futures.append(pool.submit(save_png, entry["image"], imgs[j], compress_level=self.compress_level))
+            futures.append(pool.submit(save_png, entry["label"], labels[j], compress_level=self.compress_level))
             if ims is not None:
                 entry["im"] = str(root / "ims" / f"{uid}.png")
-                futures.append(pool.submit(save_png, entry["im"], ims[j]))
+                futures.append(pool.submit(save_png, entry["im"], ims[j], compress_level=self.compress_level))
             items.append(entry)
         return futures
 

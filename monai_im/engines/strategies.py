@@ -200,6 +200,39 @@ class InconsistencyMaskStrategy(PseudoLabelStrategy):
         }
 
 
+class AugmentedInconsistencyMaskStrategy(InconsistencyMaskStrategy):
+    """AIM: Inconsistency Masks on augmented training pairs, starting from ALDT teachers.
+
+    The augmented variant of IM (the paper's AIM+ without the widening students): generation 0 is
+    ALDT (each labeled image plus ``copies`` augmented views), and every later generation trains on
+    the labeled images and the IM pseudo-labeled pairs, every item through ``augmentation`` (fresh
+    random views each epoch; an IM pair is flipped and rotated together with its pseudo-label).
+    A generation whose teachers have no accepted pseudo-label falls back to the generation-0 set.
+
+    Args:
+        copies: augmented views per labeled image besides the image itself in generation 0.
+        augmentation: random dictionary transforms for ``image`` and ``label`` (default
+            :func:`monai_im.transforms.paper_augmentation`).
+        kwargs: the options of :class:`InconsistencyMaskStrategy`.
+    """
+
+    name = "aim"
+
+    def __init__(self, mode: str = "binary", copies: int = 9, augmentation: Callable | None = None, **kwargs) -> None:
+        super().__init__(mode=mode, **kwargs)
+        self._aldt = AugmentedLabeledStrategy(mode=mode, copies=copies, augmentation=augmentation)
+        self.copies = copies
+        self.augmentation = self._aldt.augmentation
+
+    def training_items(self, datalist, pseudo_items):  # noqa: D102
+        if not pseudo_items:
+            return self._aldt.training_items(datalist, pseudo_items)
+        return super().training_items(datalist, pseudo_items)
+
+    def describe(self) -> dict[str, Any]:  # noqa: D102
+        return {**super().describe(), "augmented_copies": self.copies}
+
+
 class ModelEnsembleStrategy(PseudoLabelStrategy):
     """Model Ensemble: pseudo-labels from the teachers' consensus, nothing cut out.
 

@@ -73,6 +73,11 @@ class SelfTrainingStudy:
         num_teachers: teachers per generation (n, the top-n students of the previous generation).
         num_generations: generations after generation 0 (G).
         epochs: training epochs per student.
+        min_steps: a floor on the optimiser steps of every student (0 = none): a student whose training
+            set is small gets ``ceil(min_steps / batches per epoch)`` epochs instead, and validates
+            proportionally less often, so it is validated about as often as one with ``epochs``.
+            Without it, labeled-only students on a small labeled set take very few steps
+            (30 images, batch 8, 20 epochs: 60 steps) and make weak, mutually inconsistent teachers.
         batch_size: training and inference batch size.
         val_interval: validate every this many epochs (and after the last epoch).
         seed: base seed; student k of generation g uses ``100000 * seed + 1000 * g + k`` (see
@@ -107,6 +112,7 @@ class SelfTrainingStudy:
         num_teachers: int = 3,
         num_generations: int = 5,
         epochs: int = 50,
+        min_steps: int = 0,
         batch_size: int = 32,
         val_interval: int = 1,
         seed: int = 42,
@@ -123,8 +129,10 @@ class SelfTrainingStudy:
     ) -> None:
         if len(key_metric) != 1:
             raise ValueError(f"key_metric must hold exactly one metric, got {list(key_metric)}")
-        if num_students < 1 or epochs < 1 or batch_size < 1 or num_generations < 0:
-            raise ValueError("num_students, epochs and batch_size must be >= 1 and num_generations >= 0")
+        if num_students < 1 or epochs < 1 or batch_size < 1 or num_generations < 0 or min_steps < 0:
+            raise ValueError(
+                "num_students, epochs and batch_size must be >= 1, num_generations and min_steps >= 0"
+            )
         self.strategy = strategy if strategy is not None else InconsistencyMaskStrategy()
         if self.strategy.makes_pseudo_labels and not 1 <= num_teachers <= num_students:
             raise ValueError(f"num_teachers must be in 1..num_students ({num_students}), got {num_teachers}")
@@ -148,6 +156,7 @@ class SelfTrainingStudy:
         self.num_teachers = num_teachers
         self.num_generations = num_generations if self.strategy.makes_pseudo_labels else 0
         self.epochs = epochs
+        self.min_steps = min_steps
         self.batch_size = batch_size
         self.val_interval = val_interval
         self.seed = seed
@@ -200,6 +209,7 @@ class SelfTrainingStudy:
             "teachers": self.num_teachers,
             "generations": self.num_generations,
             "epochs": self.epochs,
+            "min_steps": self.min_steps,
             "batch_size": self.batch_size,
             "seed": self.seed,
             "key_metric": self.key_metric_name,
@@ -207,6 +217,17 @@ class SelfTrainingStudy:
             "unlabeled_images": len(self.datalist.get("unlabeled", [])),
             **self.params,
         }
+
+    def schedule(self, batches_per_epoch: int) -> tuple[int, int]:
+        """``(epochs, val_interval)`` of a student whose loader yields ``batches_per_epoch`` batches.
+
+        ``epochs`` is raised so that the student takes at least ``min_steps`` optimiser steps, and the
+        validation interval grows by the same factor (never below the configured one)."""
+        if batches_per_epoch < 1:
+            raise ValueError(f"a student needs at least one batch per epoch, got {batches_per_epoch}")
+        epochs = max(self.epochs, -(-self.min_steps // batches_per_epoch))
+        val_interval = max(self.val_interval, round(self.val_interval * epochs / self.epochs))
+        return epochs, val_interval
 
     def student_seed(self, generation: int, index: int) -> int:
         """The seed of student ``index`` of ``generation``: distinct for every (seed, generation, index)
@@ -327,6 +348,7 @@ class SelfTrainingStudy:
                 generator=torch.Generator().manual_seed(seed),
                 drop_last=len(train_ds) > self.batch_size,
             )
+            epochs, val_interval = self.schedule(len(loader))
             hook = _StudentHook(self, generation, k)
             result = train_student(
                 generation=generation,
@@ -337,11 +359,11 @@ class SelfTrainingStudy:
                 train_loader=loader,
                 val_loader=self.val_loader,
                 device=self.device,
-                epochs=self.epochs,
+                epochs=epochs,
                 save_dir=sdir,
                 key_metric=self.key_metric,
                 additional_metrics=self.additional_metrics,
-                val_interval=self.val_interval,
+                val_interval=val_interval,
                 inferer=self.inferer,
                 postprocessing=self.postprocessing,
                 higher_is_better=self.higher_is_better,

@@ -183,6 +183,39 @@ def test_augmented_labeled_method_trains_on_ten_views_per_labeled_image(isic_tin
     assert results["generations"][0]["training_images"] == 10 * labeled
 
 
+@pytest.mark.slow
+def test_augmented_im_method_starts_from_ten_views_then_pseudo_labels(isic_tiny, tmp_path):
+    out = tmp_path / "aim"
+    run_bundle(tiny_overrides(isic_tiny, out, method="aim", epochs=1, num_generations=1))
+    results = json.loads((out / "results.json").read_text())
+    datalist = json.loads((Path(isic_tiny) / "datalist.json").read_text())
+    labeled = len(datalist["labeled"])
+    gen0, gen1 = results["generations"]
+    assert results["study"]["method"] == "aim" and results["study"]["augmented_copies"] == 9
+    assert gen0["training_images"] == 10 * labeled
+    kept = gen1["pseudo_labels"]["images_kept"]
+    assert kept == len(datalist["unlabeled"])  # the tiny overrides accept every pseudo-label
+    assert gen1["training_images"] == labeled + kept
+
+
+@pytest.mark.slow
+def test_min_steps_gives_small_training_sets_more_epochs(isic_tiny, tmp_path):
+    out = tmp_path / "ldt_min_steps"
+    run_bundle(
+        tiny_overrides(isic_tiny, out, method="ldt", epochs=1, min_steps=9, num_students=1, num_teachers=1)
+    )
+    labeled = len(json.loads((Path(isic_tiny) / "datalist.json").read_text())["labeled"])
+    batches = labeled // 4 if labeled > 4 else 1  # batch 4, the last partial batch dropped
+    expected_epochs = -(-9 // batches)
+    assert expected_epochs > 1, "the floor must matter for this check"
+    result = json.loads((out / "generation_0" / "student_0" / "result.json").read_text())
+    assert len(result["history"]) == expected_epochs
+    # validated about as often as with 1 epoch: at the last epoch only
+    assert [row["epoch"] for row in result["history"] if "val_iou" in row] == [expected_epochs]
+    results = json.loads((out / "results.json").read_text())
+    assert results["study"]["min_steps"] == 9
+
+
 def test_missing_dataset_stops_at_once_with_instructions(tmp_path):
     from monai.bundle import run
 

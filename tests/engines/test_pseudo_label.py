@@ -143,3 +143,23 @@ def test_refuses_strategy_without_pseudo_labels(setup, tmp_path):
     items, transform, teachers = setup
     with pytest.raises(ValueError, match="makes no pseudo-labels"):
         PseudoLabeler(LabeledOnlyStrategy(), progress=False)(teachers, items, transform, tmp_path / "pl")
+
+
+def test_compress_level_changes_file_size_not_content(setup, tmp_path):
+    items, transform, teachers = setup
+    outs = {}
+    for level in (0, 9):
+        labeler = PseudoLabeler(InconsistencyMaskStrategy(), batch_size=4, progress=False, compress_level=level)
+        outs[level] = labeler(teachers, items, transform, tmp_path / f"pl{level}")
+    raw, packed = outs[0].items, outs[9].items
+    assert len(raw) == len(packed) == 5
+    for a, b in zip(raw, packed):
+        for key in ("image", "label", "im"):
+            np.testing.assert_array_equal(np.asarray(Image.open(a[key])), np.asarray(Image.open(b[key])))
+    assert sum(Path(a["image"]).stat().st_size for a in raw) > sum(Path(b["image"]).stat().st_size for b in packed)
+
+
+@pytest.mark.parametrize("level", [-1, 10])
+def test_bad_compress_level_is_refused(level):
+    with pytest.raises(ValueError, match="compress_level"):
+        PseudoLabeler(InconsistencyMaskStrategy(), compress_level=level)

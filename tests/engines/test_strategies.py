@@ -123,3 +123,23 @@ def test_student_seeds_of_different_studies_never_overlap():
         study.seed = base
         seeds |= {study.student_seed(g, k) for g in range(6) for k in range(5)}
     assert len(seeds) == 3 * 6 * 5
+
+
+def test_augmented_im_starts_as_aldt_then_adds_pseudo_labels_once():
+    from monai_im.engines import AugmentedInconsistencyMaskStrategy
+
+    datalist = {"labeled": [{"image": "a"}, {"image": "b"}], "unlabeled": [{"image": "u"}]}
+    aim = AugmentedInconsistencyMaskStrategy(mode="binary", copies=4, max_im_fraction=0.5)
+    assert aim.makes_pseudo_labels and aim.augmentation is not None
+    gen0 = aim.training_items(datalist, [])
+    assert [it["image"] for it in gen0] == ["a"] * 5 + ["b"] * 5
+    later = aim.training_items(datalist, [{"image": "p", "label": "q"}])
+    assert [it["image"] for it in later] == ["a", "b", "p"]
+    # pseudo-labels exactly as IM with the same options
+    probs = _probs([[1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 0]])
+    ref = InconsistencyMaskStrategy(mode="binary", max_im_fraction=0.5)(probs)
+    out = aim(probs)
+    assert torch.equal(out.label, ref.label) and torch.equal(out.im, ref.im)
+    assert torch.equal(out.accepted, ref.accepted)
+    desc = aim.describe()
+    assert desc["method"] == "aim" and desc["augmented_copies"] == 4 and desc["max_im_fraction"] == 0.5

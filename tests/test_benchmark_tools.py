@@ -1,0 +1,71 @@
+"""The benchmark scripts' own bookkeeping (no timing here): docs update and accuracy scheduling."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def speed():
+    sys.path.insert(0, str(BENCH))
+    try:
+        import speed
+
+        yield speed
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+@pytest.fixture(scope="module")
+def accuracy():
+    sys.path.insert(0, str(BENCH))
+    try:
+        import accuracy
+
+        yield accuracy
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def test_docs_get_the_tables_between_the_markers_only(speed, tmp_path):
+    results = json.loads((BENCH / "results" / "speed.json").read_text())
+    doc = tmp_path / "doc.md"
+    start, end = speed.MARKERS
+    doc.write_text(f"# intro\n\n{start}\nold tables\n{end}\n\n## after\n")
+    speed.update_docs(doc, results)
+    text = doc.read_text()
+    assert text.startswith("# intro\n\n" + start) and text.endswith(end + "\n\n## after\n")
+    assert "old tables" not in text
+    for name in results["benchmarks"]:
+        assert speed.TITLES[name] in text
+    speed.update_docs(doc, results)  # idempotent
+    assert doc.read_text() == text
+
+
+def test_docs_without_markers_are_left_alone(speed, tmp_path):
+    doc = tmp_path / "doc.md"
+    doc.write_text("no markers here\n")
+    with pytest.raises(SystemExit, match="speed-results"):
+        speed.update_docs(doc, {"benchmarks": {}})
+    assert doc.read_text() == "no markers here\n"
+
+
+def test_accuracy_schedule_runs_generation_zero_first_and_waits_for_it(accuracy, tmp_path):
+    methods = list(accuracy.METHODS)
+    order = accuracy.schedule(methods, [0, 1])
+    assert order[:2] == [("IM (n=3)", 0), ("IM (n=3)", 1)]
+    assert sorted(order) == sorted((m, s) for m in methods for s in (0, 1))
+    args = type("Args", (), {"out": tmp_path})()
+    assert accuracy.ready(args, "FDT", 0)
+    assert not accuracy.ready(args, "IM (n=2)", 0)
+    summary = accuracy.run_dir(tmp_path, "IM (n=3)", 0) / "generation_0" / "summary.json"
+    summary.parent.mkdir(parents=True)
+    summary.write_text("{}")
+    assert accuracy.ready(args, "IM (n=2)", 0) and accuracy.ready(args, "LDT", 0)
+    assert not accuracy.ready(args, "LDT", 1)
