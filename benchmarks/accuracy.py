@@ -54,7 +54,12 @@ VARIANTS = {
 # the IM-on-augmented-data variant: generation 0 is ALDT (--methods ... "AIM (n=2)")
 VARIANTS["AIM (n=2)"] = {"method": "aim", "num_teachers": 2}
 # studies whose generation 0 is another study's: (method -> the study it is copied from)
-GENERATION_0_FROM = {"IM (n=2)": "IM (n=3)", "LDT": "IM (n=3)", "IM-ignore (n=2)": "IM (n=3)", "AIM (n=2)": "ALDT"}
+GENERATION_0_FROM = {
+    "IM (n=2)": "IM (n=3)",
+    "LDT": "IM (n=3)",
+    "IM-ignore (n=2)": "IM (n=3)",
+    "AIM (n=2)": "ALDT",
+}
 REUSES_GENERATION_0 = set(GENERATION_0_FROM)
 ALL_METHODS = {**METHODS, **VARIANTS}
 
@@ -260,7 +265,9 @@ def main(argv: list[str] | None = None) -> int:
     timing = args.out / "timing.json"
     if not args.report_only:
         # the wall clock of this run, kept for --report-only (a rerun that skips finished studies is shorter)
-        atomic_write_json(timing, {"wall_seconds": time.time() - start, "jobs": args.jobs, "threads": args.threads})
+        atomic_write_json(
+            timing, {"wall_seconds": time.time() - start, "jobs": args.jobs, "threads": args.threads}
+        )
     wall = json.loads(timing.read_text())["wall_seconds"] if timing.is_file() else None
     report = write_report(args, methods, wall_seconds=wall, slug=slug, reused=REUSES_GENERATION_0)
     publish = args.publish or REPO / "benchmarks" / "results" / args.dataset

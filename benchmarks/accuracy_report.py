@@ -121,7 +121,11 @@ def _markdown(table: list[dict[str, Any]], columns: list[str]) -> str:
 
 
 def write_report(
-    args, methods: list[str], wall_seconds: float | None, slug, reused: frozenset[str] | set[str] = frozenset()
+    args,
+    methods: list[str],
+    wall_seconds: float | None,
+    slug,
+    reused: frozenset[str] | set[str] = frozenset(),
 ) -> Path:
     """Write report.md, summary.csv, runs.csv, gap_closure.json and the plot into ``args.out``.
 
@@ -199,9 +203,7 @@ def write_report(
         "",
         f"Training, pseudo-labelling and testing took {study_seconds / 60:.0f} min summed over all studies "
         f"(without process start-up), about {study_seconds / 60 / max(args.jobs, 1):.0f} min with "
-        f"{args.jobs} at a time: "
-        + ", ".join(f"{m} {v / 60:.1f}" for m, v in by_method.items())
-        + " min.",
+        f"{args.jobs} at a time: " + ", ".join(f"{m} {v / 60:.1f}" for m, v in by_method.items()) + " min.",
     ]
     md += [
         "",

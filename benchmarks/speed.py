@@ -59,7 +59,9 @@ def _parser() -> argparse.ArgumentParser:
         "--out", type=Path, default=Path("benchmarks/results/speed.json"), help="JSON file for all results"
     )
     p.add_argument("--profile", action="store_true", help="also print a cProfile of one pseudo-labelling run")
-    p.add_argument("--report-only", action="store_true", help="run nothing: print the tables of the results in --out")
+    p.add_argument(
+        "--report-only", action="store_true", help="run nothing: print the tables of the results in --out"
+    )
     p.add_argument(
         "--docs", type=Path, default=None, help="Markdown file whose speed-results section gets the tables"
     )
@@ -128,7 +130,11 @@ def main(argv: list[str] | None = None) -> int:
             update_docs(args.docs, previous)
         return 0
     torch.set_num_threads(args.threads)
-    kept = {} if previous is None or previous.get("settings", {}).get("quick") != args.quick else previous["benchmarks"]
+    kept = (
+        {}
+        if previous is None or previous.get("settings", {}).get("quick") != args.quick
+        else previous["benchmarks"]
+    )
     results: dict[str, Any] = {
         "settings": {"quick": args.quick, "threads": args.threads, "only": args.only},
         "environment": environment(),

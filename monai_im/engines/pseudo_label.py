@@ -8,6 +8,7 @@ and the output folder appears only once it is complete (see :func:`monai_im.io.a
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -253,6 +254,7 @@ class PseudoLabeler:
         imgs = (masked[idx].float() * self.image_scale).cpu().numpy()
         labels = (result.label[idx].float() * self.label_scale).cpu().numpy()
         ims = (result.im[idx].float() * 255).cpu().numpy() if result.im is not None else None
+        write = functools.partial(save_png, compress_level=self.compress_level)
         futures = []
         for j, i in enumerate(idx):
             uid = uids[i]
@@ -260,11 +262,11 @@ class PseudoLabeler:
                 "image": str(root / "images" / f"{uid}.png"),
                 "label": str(root / "labels" / f"{uid}.png"),
             }
-            futures.append(pool.submit(save_png, entry["image"], imgs[j], compress_level=self.compress_level))
-            futures.append(pool.submit(save_png, entry["label"], labels[j], compress_level=self.compress_level))
+            futures.append(pool.submit(write, entry["image"], imgs[j]))
+            futures.append(pool.submit(write, entry["label"], labels[j]))
             if ims is not None:
                 entry["im"] = str(root / "ims" / f"{uid}.png")
-                futures.append(pool.submit(save_png, entry["im"], ims[j], compress_level=self.compress_level))
+                futures.append(pool.submit(write, entry["im"], ims[j]))
             items.append(entry)
         return futures
 

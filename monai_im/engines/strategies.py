@@ -218,7 +218,9 @@ class AugmentedInconsistencyMaskStrategy(InconsistencyMaskStrategy):
 
     name = "aim"
 
-    def __init__(self, mode: str = "binary", copies: int = 9, augmentation: Callable | None = None, **kwargs) -> None:
+    def __init__(
+        self, mode: str = "binary", copies: int = 9, augmentation: Callable | None = None, **kwargs
+    ) -> None:
         super().__init__(mode=mode, **kwargs)
         self._aldt = AugmentedLabeledStrategy(mode=mode, copies=copies, augmentation=augmentation)
         self.copies = copies

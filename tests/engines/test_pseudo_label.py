@@ -149,14 +149,18 @@ def test_compress_level_changes_file_size_not_content(setup, tmp_path):
     items, transform, teachers = setup
     outs = {}
     for level in (0, 9):
-        labeler = PseudoLabeler(InconsistencyMaskStrategy(), batch_size=4, progress=False, compress_level=level)
+        labeler = PseudoLabeler(
+            InconsistencyMaskStrategy(), batch_size=4, progress=False, compress_level=level
+        )
         outs[level] = labeler(teachers, items, transform, tmp_path / f"pl{level}")
     raw, packed = outs[0].items, outs[9].items
     assert len(raw) == len(packed) == 5
     for a, b in zip(raw, packed):
         for key in ("image", "label", "im"):
             np.testing.assert_array_equal(np.asarray(Image.open(a[key])), np.asarray(Image.open(b[key])))
-    assert sum(Path(a["image"]).stat().st_size for a in raw) > sum(Path(b["image"]).stat().st_size for b in packed)
+    assert sum(Path(a["image"]).stat().st_size for a in raw) > sum(
+        Path(b["image"]).stat().st_size for b in packed
+    )
 
 
 @pytest.mark.parametrize("level", [-1, 10])
