@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -12,25 +13,21 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 @pytest.fixture(scope="module")
-def speed():
+def scripts():
+    """The benchmark scripts import their siblings from their own folder, also lazily."""
     sys.path.insert(0, str(BENCH))
-    try:
-        import speed
-
-        yield speed
-    finally:
-        sys.path.remove(str(BENCH))
+    yield importlib.import_module
+    sys.path.remove(str(BENCH))
 
 
 @pytest.fixture(scope="module")
-def accuracy():
-    sys.path.insert(0, str(BENCH))
-    try:
-        import accuracy
+def speed(scripts):
+    return scripts("speed")
 
-        yield accuracy
-    finally:
-        sys.path.remove(str(BENCH))
+
+@pytest.fixture(scope="module")
+def accuracy(scripts):
+    return scripts("accuracy")
 
 
 def test_docs_get_the_tables_between_the_markers_only(speed, tmp_path):
