@@ -27,6 +27,7 @@ def test_multilabel_study_tracks_cell_count_error(hela_tiny, tmp_path):
         output_dir=str(out),
         image_size=[32, 32],
         epochs=2,
+        min_steps=0,  # the demo's step floor would make this tiny run long
         batch_size=4,
         num_students=2,
         num_teachers=2,

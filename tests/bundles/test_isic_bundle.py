@@ -21,6 +21,7 @@ def tiny_overrides(dataset_dir: str, output_dir: Path, **extra) -> dict:
         "output_dir": str(output_dir),
         "image_size": [32, 32],
         "epochs": 3,
+        "min_steps": 0,  # the demo's step floor would make these tiny runs long
         "batch_size": 4,
         "num_students": 2,
         "num_teachers": 2,
