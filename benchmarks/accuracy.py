@@ -60,7 +60,6 @@ GENERATION_0_FROM = {
     "IM-ignore (n=2)": "IM (n=3)",
     "AIM (n=2)": "ALDT",
 }
-REUSES_GENERATION_0 = set(GENERATION_0_FROM)
 ALL_METHODS = {**METHODS, **VARIANTS}
 
 
@@ -138,8 +137,8 @@ def finished(out: Path, generations: int) -> bool:
     if not f.is_file():
         return False
     results = json.loads(f.read_text())
-    if results.get("study", {}).get("method") not in ("im", "model_ensemble"):
-        return True  # one generation only
+    if results.get("study", {}).get("generations") == 0:
+        return True  # a method without pseudo-labels: one generation only
     return len(results.get("generations", [])) >= generations + 1
 
 
@@ -148,7 +147,7 @@ def run_one(args: argparse.Namespace, label: str, seed: int) -> float:
     if finished(out, args.generations):
         return 0.0
     out.mkdir(parents=True, exist_ok=True)
-    if label in REUSES_GENERATION_0:
+    if label in GENERATION_0_FROM:
         copy_generation_0(run_dir(args.out, GENERATION_0_FROM[label], seed), out, label)
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     start = time.time()
@@ -168,14 +167,14 @@ def run_one(args: argparse.Namespace, label: str, seed: int) -> float:
 def schedule(methods: list[str], seeds: list[int]) -> list[tuple[str, int]]:
     """The studies in the order they should start: each seed's IM (n = 3) study first (the others of
     that seed reuse its generation 0), then the longest studies first (IM before ALDT, FDT, LDT)."""
-    rank = {"IM (n=3)": 0, "ALDT": 1, **{m: 2 for m in REUSES_GENERATION_0 if m != "LDT"}, "FDT": 3, "LDT": 4}
+    rank = {"IM (n=3)": 0, "ALDT": 1, **{m: 2 for m in GENERATION_0_FROM if m != "LDT"}, "FDT": 3, "LDT": 4}
     jobs = [(m, s) for m in methods for s in seeds]
     return sorted(jobs, key=lambda ms: (rank.get(ms[0], 1), ms[1]))
 
 
 def ready(args: argparse.Namespace, label: str, seed: int) -> bool:
     """Whether a study can start: those that reuse generation 0 wait for it to be finished."""
-    if label not in REUSES_GENERATION_0:
+    if label not in GENERATION_0_FROM:
         return True
     return (run_dir(args.out, GENERATION_0_FROM[label], seed) / "generation_0" / "summary.json").is_file()
 
@@ -269,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
             timing, {"wall_seconds": time.time() - start, "jobs": args.jobs, "threads": args.threads}
         )
     wall = json.loads(timing.read_text())["wall_seconds"] if timing.is_file() else None
-    report = write_report(args, methods, wall_seconds=wall, slug=slug, reused=REUSES_GENERATION_0)
+    report = write_report(args, methods, wall_seconds=wall, slug=slug, reused=GENERATION_0_FROM)
     publish = args.publish or REPO / "benchmarks" / "results" / args.dataset
     publish.mkdir(parents=True, exist_ok=True)
     for f in report.parent.iterdir():

@@ -8,6 +8,7 @@ import json
 import math
 import platform
 from collections import defaultdict
+from collections.abc import Collection
 from pathlib import Path
 from statistics import mean, pstdev
 from typing import Any
@@ -125,7 +126,7 @@ def write_report(
     methods: list[str],
     wall_seconds: float | None,
     slug,
-    reused: frozenset[str] | set[str] = frozenset(),
+    reused: Collection[str] = (),
 ) -> Path:
     """Write report.md, summary.csv, runs.csv, gap_closure.json and the plot into ``args.out``.
 
@@ -192,13 +193,11 @@ def write_report(
         f"thread(s) each on {platform.machine()}"
         + (f" ({wall_seconds / 60:.0f} min wall clock for the last invocation)." if wall_seconds else ".")
     )
-    study_seconds = sum(
-        r["seconds"] or 0 for r in rows if not (r["method"] in reused and r["generation"] == 0)
-    )
     by_method = defaultdict(float)
     for r in rows:
         if not (r["method"] in reused and r["generation"] == 0):
             by_method[r["method"]] += r["seconds"] or 0
+    study_seconds = sum(by_method.values())
     md += [
         "",
         f"Training, pseudo-labelling and testing took {study_seconds / 60:.0f} min summed over all studies "
