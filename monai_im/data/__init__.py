@@ -12,7 +12,15 @@ from monai_im.data.datalist import (
     write_datalist,
 )
 from monai_im.data.hela_like import hela_like_sample, position_radius
+from monai_im.data.inference_plan import (
+    VOLUME_EXTENSIONS,
+    InferenceInputError,
+    decode_error,
+    plan_inference,
+    plan_inference_or_exit,
+)
 from monai_im.data.isic_like import isic_like_sample
+from monai_im.data.preflight import DatasetCheck, DatasetCheckError, load_checked_datalist, read_facts
 from monai_im.data.synthetic import (
     DEMO_KINDS,
     DemoKind,
@@ -30,6 +38,10 @@ __all__ = [
     "load_datalist",
     "split_labeled",
     "write_datalist",
+    "DatasetCheck",
+    "DatasetCheckError",
+    "load_checked_datalist",
+    "read_facts",
     "DEMO_KINDS",
     "DemoKind",
     "ensure_demo_dataset",
@@ -39,4 +51,9 @@ __all__ = [
     "isic_like_sample",
     "hela_like_sample",
     "position_radius",
+    "InferenceInputError",
+    "VOLUME_EXTENSIONS",
+    "decode_error",
+    "plan_inference",
+    "plan_inference_or_exit",
 ]

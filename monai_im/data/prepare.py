@@ -4,7 +4,8 @@
   SHA-256 table), and extracting them safely into a scratch folder;
 - loading, checking, resizing and thresholding images and masks, with errors that name the file;
 - a process pool with a progress bar for the per-image work;
-- building the output folder atomically: it appears complete or not at all.
+- building the output folder atomically: it appears complete or not at all; leftovers of an
+  interrupted run into the same folder are removed by the next run (:func:`remove_stale_partials`).
 """
 
 from __future__ import annotations
@@ -24,11 +25,16 @@ from typing import Any, TypeVar
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from monai_im.data.archives import (
+    DEFAULT_MAX_RATIO,
+    DEFAULT_MAX_TOTAL_SIZE,
+    ExtractionLimits,
     check_archive,
+    check_free_space,
     download,
+    format_size,
+    parse_size,
     read_checksums,
     record_checksum,
     safe_extract,
@@ -37,6 +43,12 @@ from monai_im.data.archives import (
 )
 from monai_im.data.datalist import IMAGE_EXTENSIONS, write_datalist
 from monai_im.io import atomic_directory, atomic_write_json, save_png
+from monai_im.progress import progress_bar
+
+try:  # advisory lock of an output folder (POSIX); elsewhere runs are not locked
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None  # type: ignore[assignment]
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -52,10 +64,12 @@ __all__ = [
     "extract_sources",
     "find_files",
     "image_shape",
+    "limits_from_args",
     "load_image",
     "obtain_archives",
     "output_folder",
     "parallel_map",
+    "remove_stale_partials",
     "resize",
     "run_cli",
     "save_image",
@@ -174,7 +188,7 @@ def check_pair_sizes(pairs: Sequence[tuple[Path, Path]], progress: bool = True) 
     Raises:
         SizeMismatchError: naming both files; CorruptImageError: a header cannot be read.
     """
-    for image, mask in tqdm(pairs, desc="check sizes", disable=not progress, leave=False):
+    for image, mask in progress_bar(pairs, desc="check sizes", disable=not progress, leave=False):
         check_same_size(image, image_shape(image), mask, image_shape(mask))
 
 
@@ -227,12 +241,12 @@ def parallel_map(
     """
     workers = default_workers() if workers is None else workers
     if workers <= 1 or len(tasks) <= 1:
-        return [fn(t) for t in tqdm(tasks, desc=desc, disable=not progress)]
+        return [fn(t) for t in progress_bar(tasks, desc=desc, disable=not progress)]
     results: list[Any] = [None] * len(tasks)
     with ProcessPoolExecutor(max_workers=min(workers, len(tasks))) as pool:
         futures = {pool.submit(fn, t): i for i, t in enumerate(tasks)}
         pending = set(futures)
-        with tqdm(total=len(tasks), desc=desc, disable=not progress) as bar:
+        with progress_bar(total=len(tasks), desc=desc, disable=not progress) as bar:
             while pending:
                 done, pending = wait(pending, return_when=FIRST_EXCEPTION)
                 for fut in done:
@@ -359,28 +373,87 @@ def obtain_archives(
 
 
 def extract_sources(
-    sources: Mapping[str, Path], work_dir: str | os.PathLike, progress: bool = True
+    sources: Mapping[str, Path],
+    work_dir: str | os.PathLike,
+    progress: bool = True,
+    limits: ExtractionLimits | None = None,
 ) -> dict[str, Path]:
     """Safely extract every archive of ``sources`` into its own folder under ``work_dir``.
 
-    All archives are checked before the first is extracted; an already extracted folder is used
-    in place. Returns ``{name: folder}``.
+    All archives are checked (members, ``limits``, and the free space at ``work_dir`` against
+    their unpacked sizes together) before the first is extracted; an already extracted folder
+    is used in place. Returns ``{name: folder}``.
     """
-    for path in sources.values():
-        if not path.is_dir():
-            check_archive(path)
+    archives = {name: path for name, path in sources.items() if not path.is_dir()}
+    total = sum(check_archive(path, limits).total_size for path in archives.values())
+    if archives:
+        check_free_space(work_dir, total, f"the archives {', '.join(p.name for p in archives.values())}")
     out: dict[str, Path] = {}
     for i, (name, path) in enumerate(sources.items()):
         if path.is_dir():
             out[name] = path
         else:
             target = Path(work_dir) / f"{i:02d}"
-            safe_extract(path, target, progress=progress)
+            safe_extract(path, target, progress=progress, limits=limits)
             out[name] = target
     return out
 
 
 # --------------------------------------------------------------------------- output
+
+
+def remove_stale_partials(
+    target: str | os.PathLike, scratch_parent: str | os.PathLike | None = None
+) -> list[Path]:
+    """Remove the leftovers of interrupted preparations of ``target``; returns what was removed.
+
+    Those are the staging folders ``.<name>.<random>.partial`` next to ``target`` (see
+    :func:`monai_im.io.atomic_directory`) and the scratch folders ``.<name>.<random>.work`` in
+    ``scratch_parent`` (default: next to ``target``; see :func:`output_folder`). Only folders
+    of exactly that form are removed; the previous dataset kept as ``.<name>.old`` is not.
+    Call it only while no other preparation of ``target`` runs (:func:`output_folder` holds a
+    lock for that).
+    """
+    target = Path(target)
+    scratch = Path(scratch_parent) if scratch_parent is not None else target.parent
+    removed: list[Path] = []
+    for folder, suffix in ((target.parent, "partial"), (scratch, "work")):
+        pattern = re.compile(rf"\.{re.escape(target.name)}\.[^./\\]+\.{suffix}")
+        if folder.is_dir():
+            for path in sorted(folder.iterdir()):
+                if pattern.fullmatch(path.name) and path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                    removed.append(path)
+    for path in removed:
+        _log(f"removed {path}, left over from an interrupted preparation of {target}")
+    return removed
+
+
+@contextlib.contextmanager
+def _locked(out_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``out_dir`` (a hidden ``.<name>.lock`` file next to it, removed after)."""
+    if fcntl is None:  # pragma: no cover
+        yield
+        return
+    lock = out_dir.with_name(f".{out_dir.name}.lock")
+    while True:
+        handle = open(lock, "a+b")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise FileExistsError(f"{out_dir}: another preparation into this folder is running") from None
+        try:  # the lock file may have been removed by the run that held it before us
+            if os.path.samestat(os.fstat(handle.fileno()), os.stat(lock)):
+                break
+        except FileNotFoundError:
+            pass
+        handle.close()
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+        handle.close()
 
 
 @contextlib.contextmanager
@@ -392,7 +465,9 @@ def output_folder(
     The dataset is written into the staging folder, which replaces ``out_dir`` only when the
     block finishes without an error (see :func:`monai_im.io.atomic_directory`). The scratch
     folder (for extracted archives) is created under ``work_dir`` (default: next to
-    ``out_dir``) and always removed afterwards.
+    ``out_dir``) and always removed afterwards. Leftovers of an interrupted earlier run into
+    ``out_dir`` are removed first (:func:`remove_stale_partials`); a lock keeps a second run
+    into the same ``out_dir`` from starting meanwhile.
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
@@ -400,12 +475,14 @@ def output_folder(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     scratch_parent = Path(work_dir) if work_dir is not None else out_dir.parent
     scratch_parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".work", dir=scratch_parent))
-    try:
-        with atomic_directory(out_dir, overwrite=overwrite) as staging:
-            yield staging, scratch
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    with _locked(out_dir):
+        remove_stale_partials(out_dir, scratch_parent)
+        scratch = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".work", dir=scratch_parent))
+        try:
+            with atomic_directory(out_dir, overwrite=overwrite) as staging:
+                yield staging, scratch
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 def write_dataset(
@@ -417,6 +494,23 @@ def write_dataset(
 
 
 # --------------------------------------------------------------------------- command line
+
+
+def _size_arg(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _ratio_arg(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value >= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a ratio of at least 1, such as 100, got {text!r}")
+    return value
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -457,8 +551,29 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
         help="where the temporary folder for extracted archives goes (default: next to OUT_DIR); "
         "it is removed afterwards",
     )
+    parser.add_argument(
+        "--max-extract-size",
+        type=_size_arg,
+        default=DEFAULT_MAX_TOTAL_SIZE,
+        metavar="SIZE",
+        help="refuse an archive that unpacks to more than SIZE, e.g. 64G or 500M "
+        f"(default: {format_size(DEFAULT_MAX_TOTAL_SIZE)})",
+    )
+    parser.add_argument(
+        "--max-compression-ratio",
+        type=_ratio_arg,
+        default=DEFAULT_MAX_RATIO,
+        metavar="RATIO",
+        help="refuse an archive (or member) that is compressed more than RATIO:1, as zip bombs are "
+        f"(default: {DEFAULT_MAX_RATIO:.0f}; images compress about 1:1)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT_DIR")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def limits_from_args(args: argparse.Namespace) -> ExtractionLimits:
+    """The :class:`ExtractionLimits` of ``--max-extract-size`` and ``--max-compression-ratio``."""
+    return ExtractionLimits(max_total_size=args.max_extract_size, max_ratio=args.max_compression_ratio)
 
 
 def run_cli(

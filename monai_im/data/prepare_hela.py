@@ -46,7 +46,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from monai_im import __version__
-from monai_im.data.archives import parse_checksum_overrides
+from monai_im.data.archives import ExtractionLimits, parse_checksum_overrides
 from monai_im.data.datalist import split_labeled
 from monai_im.data.prepare import (
     IMAGE_EXTENSIONS,
@@ -57,6 +57,7 @@ from monai_im.data.prepare import (
     check_pair_sizes,
     check_same_size,
     extract_sources,
+    limits_from_args,
     load_image,
     obtain_archives,
     output_folder,
@@ -296,6 +297,7 @@ def prepare_hela(
     overwrite: bool = False,
     workers: int | None = None,
     work_dir: str | Path | None = None,
+    limits: ExtractionLimits | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Build the HeLa dataset folder ``out_dir`` (see the module docstring).
@@ -315,6 +317,7 @@ def prepare_hela(
         overwrite: replace an existing ``out_dir``.
         workers: worker processes (``None``: CPU count up to 8; 1: no pool).
         work_dir: parent of the temporary extraction folder (default: next to ``out_dir``).
+        limits: bounds on what the archives may unpack to (default: :class:`ExtractionLimits`).
         progress: show progress bars.
 
     Returns:
@@ -357,7 +360,9 @@ def prepare_hela(
         archive_info = {"file": name, "url": specs[0].url, "sha256": digest}
 
     with output_folder(out_dir, overwrite=overwrite, work_dir=work_dir) as (staging, scratch):
-        root = find_root(extract_sources({"hela": source}, scratch, progress=progress)["hela"], layout)
+        root = find_root(
+            extract_sources({"hela": source}, scratch, progress=progress, limits=limits)["hela"], layout
+        )
         per_split = {s: list_sources(_pick(root, layout.split_names(s), s), layout) for s in SPLITS}
         check_pair_sizes(
             [(src[1], m) for rows in per_split.values() for src in rows for m in src[2:]], progress
@@ -514,6 +519,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         overwrite=args.overwrite,
         workers=args.workers,
         work_dir=args.work_dir,
+        limits=limits_from_args(args),
         progress=not args.no_progress,
     )
 

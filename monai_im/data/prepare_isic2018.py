@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from monai_im import __version__
-from monai_im.data.archives import parse_checksum_overrides
+from monai_im.data.archives import ExtractionLimits, parse_checksum_overrides
 from monai_im.data.datalist import split_labeled
 from monai_im.data.prepare import (
     ArchiveSpec,
@@ -41,6 +41,7 @@ from monai_im.data.prepare import (
     check_same_size,
     extract_sources,
     find_files,
+    limits_from_args,
     load_image,
     obtain_archives,
     output_folder,
@@ -142,6 +143,7 @@ def prepare_isic2018(
     overwrite: bool = False,
     workers: int | None = None,
     work_dir: str | Path | None = None,
+    limits: ExtractionLimits | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Build the ISIC 2018 Task 1 dataset folder ``out_dir`` (see the module docstring).
@@ -161,6 +163,7 @@ def prepare_isic2018(
         overwrite: replace an existing ``out_dir``.
         workers: worker processes (``None``: CPU count up to 8; 1: no pool).
         work_dir: parent of the temporary extraction folder (default: next to ``out_dir``).
+        limits: bounds on what the archives may unpack to (default: :class:`ExtractionLimits`).
         progress: show progress bars.
 
     Returns:
@@ -188,7 +191,7 @@ def prepare_isic2018(
 
     with output_folder(out_dir, overwrite=overwrite, work_dir=work_dir) as (staging, scratch):
         roots = extract_sources(
-            {name: path for name, (path, _) in sources.items()}, scratch, progress=progress
+            {name: path for name, (path, _) in sources.items()}, scratch, progress=progress, limits=limits
         )
         entries: dict[str, list[dict[str, str]]] = {}
         tasks = []
@@ -292,6 +295,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         overwrite=args.overwrite,
         workers=args.workers,
         work_dir=args.work_dir,
+        limits=limits_from_args(args),
         progress=not args.no_progress,
     )
 

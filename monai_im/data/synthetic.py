@@ -28,13 +28,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from monai_im.data.datalist import split_labeled, write_datalist
 from monai_im.data.drawing import image_rng
 from monai_im.data.hela_like import hela_like_sample
 from monai_im.data.isic_like import isic_like_sample
 from monai_im.io import atomic_directory, atomic_write_json, load_json, save_png
+from monai_im.progress import progress_bar
 
 __all__ = [
     "DemoKind",
@@ -136,7 +136,7 @@ def make_demo_dataset(
     with atomic_directory(out_dir, overwrite=overwrite) as tmp:
         (tmp / "images").mkdir()
         (tmp / "labels").mkdir()
-        with tqdm(
+        with progress_bar(
             total=sum(counts.values()), desc=f"{spec.name} data", unit="img", disable=not progress
         ) as bar:
             for split, prefix in _SPLITS:

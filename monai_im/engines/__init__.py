@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from monai_im.engines.inferers import AdaptiveInferer, ensemble_predict
+from monai_im.engines.layout import StudyLayout, StudyMismatchError, dataset_fingerprint, study_identity
 from monai_im.engines.pseudo_label import FigureSample, PseudoLabeler, PseudoLabelResult
 from monai_im.engines.strategies import (
     AugmentedInconsistencyMaskStrategy,
@@ -46,4 +47,8 @@ __all__ = [
     "train_student",
     "SelfTrainingStudy",
     "OBSERVER_HOOKS",
+    "StudyLayout",
+    "StudyMismatchError",
+    "dataset_fingerprint",
+    "study_identity",
 ]

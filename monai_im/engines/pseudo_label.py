@@ -19,12 +19,12 @@ from typing import Any
 import numpy as np
 import torch
 from monai.utils import convert_to_tensor
-from tqdm.auto import tqdm
 
 from monai_im.data.datalist import write_datalist
 from monai_im.engines.inferers import ensemble_predict
 from monai_im.engines.strategies import PseudoLabelStrategy
-from monai_im.io import atomic_directory, atomic_write_json, save_png
+from monai_im.io import atomic_directory, atomic_write_json, load_json, save_png
+from monai_im.progress import progress_bar
 from monai_im.transforms import mask_image
 
 __all__ = ["PseudoLabelResult", "PseudoLabeler", "FigureSample"]
@@ -40,6 +40,22 @@ class FigureSample:
     pseudo_label: torch.Tensor
     masked_images: torch.Tensor
 
+    def plot(self, path: str | os.PathLike) -> Path:
+        """Draw the IM figure (see :func:`monai_im.visualize.plot_inconsistency_mask`) to the PNG ``path``."""
+        from monai_im.visualize import plot_inconsistency_mask
+
+        return Path(
+            plot_inconsistency_mask(
+                self.images,
+                self.teacher_masks,
+                self.im,
+                self.pseudo_label,
+                self.masked_images,
+                path,
+                reverse_indexing=True,
+            )
+        )
+
 
 @dataclass
 class PseudoLabelResult:
@@ -50,6 +66,20 @@ class PseudoLabelResult:
     figure: FigureSample | None = None
     output_dir: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike) -> PseudoLabelResult | None:
+        """A finished pseudo-label set written by :class:`PseudoLabeler`, or None when ``folder`` holds none.
+
+        The paths of its ``datalist.json`` are relative to ``folder`` and are resolved against it, so a
+        moved or copied set refers to its own files.
+        """
+        folder = Path(folder)
+        if not ((folder / "datalist.json").is_file() and (folder / "stats.json").is_file()):
+            return None
+        rows = load_json(folder / "datalist.json")["pseudo_labeled"]
+        items = [{k: str(folder / v) for k, v in row.items()} for row in rows]
+        return cls(items=items, stats=load_json(folder / "stats.json"), output_dir=str(folder))
 
 
 def _uid(item: Mapping[str, Any], index: int) -> str:
@@ -154,7 +184,7 @@ class PseudoLabeler:
             for sub in ("images", "labels", "ims"):
                 (tmp / sub).mkdir()
             pending: list[Future] = []
-            bar = tqdm(loader, desc=description, unit="batch", disable=not self.progress, leave=False)
+            bar = progress_bar(loader, desc=description, unit="batch", disable=not self.progress, leave=False)
             start = 0
             for batch in bar:
                 images = convert_to_tensor(batch["image"], track_meta=False).to(self.device)

@@ -31,6 +31,8 @@ __all__ = [
     "AugmentedLabeledStrategy",
     "InconsistencyMaskStrategy",
     "ModelEnsembleStrategy",
+    "STRATEGIES",
+    "build_strategy",
 ]
 
 
@@ -255,3 +257,50 @@ class ModelEnsembleStrategy(PseudoLabelStrategy):
             label = (probs.mean(dim=0) > self.threshold).to(probs.dtype)
         accepted = label.flatten(1).gt(0).any(dim=1)
         return PseudoLabels(label=label, im=None, accepted=accepted)
+
+
+#: The methods a bundle's ``method`` selects, by name.
+STRATEGIES: dict[str, type[PseudoLabelStrategy]] = {
+    cls.name: cls
+    for cls in (
+        LabeledOnlyStrategy,
+        AugmentedLabeledStrategy,
+        FullDataStrategy,
+        ModelEnsembleStrategy,
+        InconsistencyMaskStrategy,
+        AugmentedInconsistencyMaskStrategy,
+    )
+}
+
+
+def build_strategy(method: str, exit_on_error: bool = False, **options: Any) -> PseudoLabelStrategy:
+    """The strategy of ``method`` (a key of :data:`STRATEGIES`), given the options it takes.
+
+    Bundles pass every option they define (``mode``, ``threshold``, ``dilation``, ...); each strategy
+    takes those its constructor names, so that one JSON block serves every method.
+
+    Args:
+        method: the method's name.
+        exit_on_error: an unknown method ends the program with a one-line message (``SystemExit``), as
+            bundles want, instead of raising ``ValueError``.
+        options: constructor arguments; those the strategy does not take are ignored.
+
+    Raises:
+        ValueError: an unknown method, naming the known ones.
+    """
+    import inspect
+
+    cls = STRATEGIES.get(str(method))
+    if cls is None:
+        message = f"unknown method {method!r}; choose one of: {', '.join(sorted(STRATEGIES))}"
+        if exit_on_error:
+            raise SystemExit(f"error: {message}")
+        raise ValueError(message)
+    # a constructor that forwards **kwargs to its base takes the base's arguments too
+    accepted: set[str] = set()
+    for c in (c for c in cls.__mro__ if "__init__" in vars(c) and c is not object):
+        params = inspect.signature(c.__init__).parameters
+        accepted |= {n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+        if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            break
+    return cls(**{k: v for k, v in options.items() if k in accepted})

@@ -7,10 +7,11 @@ the strategy pseudo-label the unlabeled set, and trains new students from scratc
 labeled + pseudo-labeled data. The best student of every generation is scored on the
 test set.
 
-Everything a study writes lives under ``output_dir``; finished students (``result.json``),
-finished pseudo-label sets (an atomically created folder) and finished generations
-(``summary.json``) are never redone, so running the same command after an interruption
-continues where the study stopped.
+Everything a study writes lives under ``output_dir`` (see :class:`monai_im.engines.layout.StudyLayout`);
+finished students (``result.json``), finished pseudo-label sets (an atomically created folder) and
+finished generations (``summary.json``) are never redone, so running the same command after an
+interruption continues where the study stopped, also in a moved or copied folder. ``study.json``
+records what the folder holds; a run of another study into it stops before any work.
 
 Observers (e.g. :class:`monai_im.handlers.MLflowStudyHandler`) are told what happens through
 the hooks listed in :data:`OBSERVER_HOOKS`; they watch the flow and never steer it.
@@ -30,10 +31,11 @@ from monai.inferers import Inferer
 from monai.transforms import Compose
 from monai.utils import set_determinism
 
+from monai_im.engines.layout import StudyLayout, StudyMismatchError, study_identity
 from monai_im.engines.pseudo_label import PseudoLabeler, PseudoLabelResult
 from monai_im.engines.strategies import InconsistencyMaskStrategy, PseudoLabelStrategy
 from monai_im.engines.student import StudentResult, build_network, load_weights, make_evaluator, train_student
-from monai_im.io import atomic_write_bytes, atomic_write_json, load_json
+from monai_im.io import atomic_write_bytes
 
 __all__ = ["SelfTrainingStudy", "OBSERVER_HOOKS"]
 
@@ -92,6 +94,10 @@ class SelfTrainingStudy:
         handlers: observers, e.g. an MLflow handler; each one's ``attach(study)`` is called.
         params: extra study parameters for tracking (dataset name, labeled fraction, image size, ...).
         progress: show progress bars.
+        overwrite: start over when ``output_dir`` already holds a study: its files (``generation_*``,
+            ``model.pt``, ``results.json``, ``study.json``) are deleted first, nothing else of the
+            folder. Without it a folder holding another study (method, seed, protocol or dataset
+            differ) is refused; the same study is continued.
     """
 
     def __init__(
@@ -126,6 +132,7 @@ class SelfTrainingStudy:
         handlers: Sequence[Any] = (),
         params: Mapping[str, Any] | None = None,
         progress: bool = True,
+        overwrite: bool = False,
     ) -> None:
         if len(key_metric) != 1:
             raise ValueError(f"key_metric must hold exactly one metric, got {list(key_metric)}")
@@ -142,6 +149,9 @@ class SelfTrainingStudy:
             raise ValueError("the datalist needs 'labeled' and 'validation' entries")
         self.datalist = datalist
         self.output_dir = Path(output_dir)
+        self.layout = StudyLayout(self.output_dir)
+        self.overwrite = overwrite
+        self.started_over = False  # set by run(): True when ``overwrite`` removed a previous study
         self.network = network
         self.optimizer = optimizer
         self.loss_function = loss_function
@@ -234,27 +244,52 @@ class SelfTrainingStudy:
         with fewer than 100 generations and 1000 students."""
         return 100_000 * self.seed + 1000 * generation + index
 
+    def identity(self) -> dict[str, Any]:
+        """What this study is (``study.json``): method, seed, protocol and dataset fingerprint; not the
+        number of generations, so that a study can be continued with more of them."""
+        protocol = {
+            "num_students": self.num_students,
+            "num_teachers": self.num_teachers,
+            "epochs": self.epochs,
+            "min_steps": self.min_steps,
+            "batch_size": self.batch_size,
+            "val_interval": self.val_interval,
+            "key_metric": self.key_metric_name,
+            "params": self.params,
+        }
+        desc = self.strategy.describe()
+        return study_identity(self.strategy.name, desc, self.seed, protocol, self.datalist)
+
+    def prepare_output_dir(self) -> None:
+        """Check (or, with ``overwrite``, clear) ``output_dir``, remove leftovers of interrupted writes
+        and record the study in ``study.json``; :meth:`run` does this first. Afterwards ``started_over``
+        tells observers whether a previous study was removed (their own resume state is then stale).
+
+        Raises:
+            StudyMismatchError: ``output_dir`` holds another study.
+        """
+        self.started_over = bool(self.layout.prepare(self.identity(), overwrite=self.overwrite))
+
     # ------------------------------------------------------------------ paths
     def generation_dir(self, generation: int) -> Path:
-        return self.output_dir / f"generation_{generation}"
+        return self.layout.generation_dir(generation)
 
     def student_dir(self, generation: int, index: int) -> Path:
-        return self.generation_dir(generation) / f"student_{index}"
+        return self.layout.student_dir(generation, index)
 
     # ------------------------------------------------------------------ data
-    def _loader(
-        self, items: Sequence[Mapping[str, Any]], transform: Callable, shuffle: bool = False, seed: int = 0
-    ) -> DataLoader:
-        ds = CacheDataset(
+    def _dataset(self, items: Sequence[Mapping[str, Any]], transform: Callable) -> CacheDataset:
+        return CacheDataset(
             list(items),
             transform=transform,
             cache_rate=self.cache_rate,
             num_workers=self.num_workers,
             progress=False,
         )
-        gen = torch.Generator().manual_seed(seed) if shuffle else None
+
+    def _loader(self, items: Sequence[Mapping[str, Any]], transform: Callable) -> DataLoader:
         return DataLoader(
-            ds, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers, generator=gen
+            self._dataset(items, transform), batch_size=self.batch_size, num_workers=self.num_workers
         )
 
     @property
@@ -282,13 +317,10 @@ class SelfTrainingStudy:
         self, generation: int, teachers: Sequence[StudentResult]
     ) -> tuple[PseudoLabelResult, Path | None, bool]:
         """Pseudo-label the unlabeled set with the teachers, or reuse a finished set from an earlier run."""
-        out = self.generation_dir(generation) / "pseudo_labels"
-        figure = self.generation_dir(generation) / "im_figure.png"
-        if (out / "datalist.json").is_file() and (out / "stats.json").is_file():
-            rows = load_json(out / "datalist.json")["pseudo_labeled"]
-            items = [{k: str(out / v) for k, v in row.items()} for row in rows]
-            result = PseudoLabelResult(items=items, stats=load_json(out / "stats.json"), output_dir=str(out))
-            return result, (figure if figure.is_file() else None), True
+        out, figure = self.layout.pseudo_label_dir(generation), self.layout.figure_file(generation)
+        finished = PseudoLabelResult.load(out)
+        if finished is not None:
+            return finished, (figure if figure.is_file() else None), True
         nets = [self.load_student(t) for t in teachers]
         unlabeled = self.datalist["unlabeled"]
         has_labels = all("label" in it for it in unlabeled)
@@ -296,22 +328,7 @@ class SelfTrainingStudy:
         result = self.pseudo_labeler(
             nets, unlabeled, transform, out, description=f"gen {generation} pseudo-labels"
         )
-        fig_path = None
-        if result.figure is not None:
-            from monai_im.visualize import plot_inconsistency_mask
-
-            f = result.figure
-            fig_path = Path(
-                plot_inconsistency_mask(
-                    f.images,
-                    f.teacher_masks,
-                    f.im,
-                    f.pseudo_label,
-                    f.masked_images,
-                    figure,
-                    reverse_indexing=True,
-                )
-            )
+        fig_path = result.figure.plot(figure) if result.figure is not None else None
         return result, fig_path, False
 
     def train_generation(self, generation: int, items: Sequence[Mapping[str, Any]]) -> list[StudentResult]:
@@ -319,10 +336,8 @@ class SelfTrainingStudy:
         results: list[StudentResult] = []
         train_ds = None
         for k in range(self.num_students):
-            sdir = self.student_dir(generation, k)
-            done = sdir / "result.json"
-            if done.is_file() and Path(load_json(done)["checkpoint"]).is_file():
-                result = StudentResult.from_dict(load_json(done))
+            result = self.layout.read_student(generation, k)
+            if result is not None:
                 self._notify("student_finished", result=result, resumed=True)
                 results.append(result)
                 continue
@@ -330,13 +345,7 @@ class SelfTrainingStudy:
                 transform = self.train_transforms
                 if self.strategy.augmentation is not None:  # cached up to the first random transform
                     transform = Compose([transform, self.strategy.augmentation]).flatten()
-                train_ds = CacheDataset(
-                    list(items),
-                    transform=transform,
-                    cache_rate=self.cache_rate,
-                    num_workers=self.num_workers,
-                    progress=False,
-                )
+                train_ds = self._dataset(items, transform)
             seed = self.student_seed(generation, k)
             set_determinism(seed=seed)
             net = build_network(self.network).to(self.device)
@@ -360,7 +369,7 @@ class SelfTrainingStudy:
                 val_loader=self.val_loader,
                 device=self.device,
                 epochs=epochs,
-                save_dir=sdir,
+                save_dir=self.student_dir(generation, k),
                 key_metric=self.key_metric,
                 additional_metrics=self.additional_metrics,
                 val_interval=val_interval,
@@ -371,7 +380,7 @@ class SelfTrainingStudy:
                 extra_handlers=[hook],
                 progress=self.progress,
             )
-            atomic_write_json(done, result.to_dict())
+            self.layout.write_student(result)
             self._notify("student_finished", result=result, resumed=False)
             results.append(result)
         set_determinism(seed=None)
@@ -400,16 +409,21 @@ class SelfTrainingStudy:
         }
 
     def run(self) -> list[dict[str, Any]]:
-        """Run (or continue) the whole study; returns one summary per generation."""
-        self.output_dir.mkdir(parents=True, exist_ok=True)
+        """Run (or continue) the whole study; returns one summary per generation (absolute paths).
+
+        A folder holding another study stops the run before any work with a one-line message
+        (``SystemExit``; its ``__cause__`` is the :class:`StudyMismatchError`).
+        """
+        try:
+            self.prepare_output_dir()
+        except StudyMismatchError as e:
+            raise SystemExit(f"error: {e}") from e
         self._notify("study_started")
         summaries: list[dict[str, Any]] = []
         previous: list[StudentResult] = []
         for g in range(self.num_generations + 1):
-            gdir = self.generation_dir(g)
-            summary_file = gdir / "summary.json"
-            if summary_file.is_file():
-                summary = load_json(summary_file)
+            summary = self.layout.read_summary(g)
+            if summary is not None:
                 previous = [StudentResult.from_dict(d) for d in summary["students"]]
                 self._notify("generation_finished", summary=summary, resumed=True)
                 summaries.append(summary)
@@ -443,21 +457,14 @@ class SelfTrainingStudy:
                 "seconds": round(time.time() - start, 1),
                 "students": [s.to_dict() for s in students],
             }
-            atomic_write_json(summary_file, summary)
+            self.layout.write_summary(summary)
             logger.info(self.summary_line(summary))
             self._notify("generation_finished", summary=summary, resumed=False)
             summaries.append(summary)
             previous = students
-        final = self.output_dir / "model.pt"
+        final = self.layout.model_file
         atomic_write_bytes(final, Path(summaries[-1]["checkpoint"]).read_bytes())
-        atomic_write_json(
-            self.output_dir / "results.json",
-            {
-                "study": self.describe(),
-                "model": str(final),
-                "generations": [{k: v for k, v in s.items() if k != "students"} for s in summaries],
-            },
-        )
+        self.layout.write_results(self.describe(), summaries)
         self._notify("study_finished", summaries=summaries)
         logger.info(
             f"study finished: results in {self.output_dir.resolve()} (results.json, generation_*/summary.json); "

@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
-from monai_im.handlers.mlflow_handler import MLflowStudyHandler, find_bundle_config
+from monai_im.handlers.mlflow_handler import (
+    MLflowStudyHandler,
+    check_tracking_uri,
+    datalist_dataset,
+    find_bundle_config,
+)
 from monai_im.handlers.progress import EpochProgressBar
 
-__all__ = ["EpochProgressBar", "MLflowStudyHandler", "find_bundle_config"]
+__all__ = [
+    "EpochProgressBar",
+    "MLflowStudyHandler",
+    "check_tracking_uri",
+    "datalist_dataset",
+    "find_bundle_config",
+]

@@ -1,4 +1,8 @@
-"""A progress bar over the epochs of a trainer, with the loss and the validation metric."""
+"""An ignite handler with a progress bar over the epochs of a trainer (quiet in log files).
+
+The bar comes from :func:`monai_im.progress.progress_bar`, the package's one bar factory, which is
+re-exported here.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,9 @@ from typing import Any
 from ignite.engine import Engine, Events
 from tqdm.auto import tqdm
 
-__all__ = ["EpochProgressBar"]
+from monai_im.progress import NON_TTY_INTERVAL, PROGRESS_ENV, progress_bar, progress_mode
+
+__all__ = ["NON_TTY_INTERVAL", "PROGRESS_ENV", "EpochProgressBar", "progress_bar", "progress_mode"]
 
 
 class EpochProgressBar:
@@ -15,6 +21,7 @@ class EpochProgressBar:
 
     Shows the mean training loss of the last epoch (``engine.state.epoch_loss`` when a handler
     sets it, else the last iteration's loss) and the validator's latest and best key metric.
+    The bar comes from :func:`progress_bar`, so it is quiet in log files.
 
     Args:
         desc: the bar's label.
@@ -43,7 +50,7 @@ class EpochProgressBar:
         engine.add_event_handler(Events.EXCEPTION_RAISED, self._close_on_error)
 
     def _start(self, engine: Engine) -> None:
-        self.bar = tqdm(
+        self.bar = progress_bar(
             total=engine.state.max_epochs, desc=self.desc, unit="epoch", disable=self.disable, leave=False
         )
 
@@ -59,7 +66,8 @@ class EpochProgressBar:
         if self.validator is not None and self.metric_name in getattr(self.validator.state, "metrics", {}):
             postfix[self.metric_name] = f"{float(self.validator.state.metrics[self.metric_name]):.4f}"
             postfix["best"] = f"{float(self.validator.state.best_metric):.4f}"
-        self.bar.set_postfix(postfix)
+        # no forced redraw here: update() redraws, subject to the bar's minimum interval
+        self.bar.set_postfix(postfix, refresh=False)
         self.bar.update(1)
 
     def _close(self, engine: Engine) -> None:

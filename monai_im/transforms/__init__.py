@@ -14,6 +14,13 @@ from monai_im.transforms.dictionary import (
     EnsureNumChannelsd,
     InconsistencyMaskd,
 )
+from monai_im.transforms.encoding import (
+    Image2DReader,
+    ReadLabel,
+    ReadLabeld,
+    ScaleImageIntensity,
+    ScaleImageIntensityd,
+)
 from monai_im.transforms.functional import (
     accept_pseudo_labels,
     dilate_mask,
@@ -21,8 +28,12 @@ from monai_im.transforms.functional import (
     mask_image,
     mask_label,
 )
-from monai_im.transforms.io import SaveSegmentationd
-from monai_im.transforms.presets import image_segmentation_transforms, paper_augmentation
+from monai_im.transforms.io import SaveSegmentationd, segmentation_file_name
+from monai_im.transforms.presets import (
+    image_inference_transforms,
+    image_segmentation_transforms,
+    paper_augmentation,
+)
 
 __all__ = [
     "AcceptPseudoLabel",
@@ -34,6 +45,13 @@ __all__ = [
     "InconsistencyMask",
     "InconsistencyMaskd",
     "SaveSegmentationd",
+    "segmentation_file_name",
+    "Image2DReader",
+    "ReadLabel",
+    "ReadLabeld",
+    "ScaleImageIntensity",
+    "ScaleImageIntensityd",
+    "image_inference_transforms",
     "image_segmentation_transforms",
     "paper_augmentation",
     "accept_pseudo_labels",

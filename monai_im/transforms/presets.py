@@ -1,9 +1,11 @@
 """Ready-made transform chains used by the bundles, so that bundle JSON stays thin.
 
-:func:`image_segmentation_transforms` is the whole preprocessing of a 2D image dataset stored
-as 8-bit files (PNG/JPG images; masks with 0/255 values), for labeled, pseudo-labeled,
-validation, test and unlabeled items alike: keys that an item lacks (``label`` for unlabeled
-images, ``im`` for everything but pseudo-labels) are skipped.
+:func:`image_segmentation_transforms` is the whole preprocessing of a 2D image dataset for labeled,
+pseudo-labeled, validation, test and unlabeled items alike: keys that an item lacks (``label`` for
+unlabeled images, ``im`` for everything but pseudo-labels) are skipped. :func:`image_inference_transforms`
+is its image half with the metadata kept, so that predictions can be inverted to the input's size.
+Both read files by the rules of :mod:`monai_im.transforms.encoding` (stated intensity scaling,
+explicit foreground rule), the same rules the dataset preflight checks.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from collections.abc import Sequence
 from monai.transforms import (
     AsDiscreted,
     Compose,
-    EnsureChannelFirstd,
     EnsureTyped,
     LoadImaged,
     RandAdjustContrastd,
@@ -30,54 +31,82 @@ from monai.transforms import (
 
 from monai_im.constants import IGNORE_INDEX
 from monai_im.transforms.dictionary import ApplyInconsistencyMaskd, EnsureNumChannelsd
+from monai_im.transforms.encoding import Image2DReader, IntensityRange, ReadLabeld, ScaleImageIntensityd
 
-__all__ = ["image_segmentation_transforms", "paper_augmentation"]
+__all__ = ["image_segmentation_transforms", "image_inference_transforms", "paper_augmentation"]
+
+
+def _read_images(keys: Sequence[str], num_channels: int, intensity_range: IntensityRange) -> list:
+    """Load (stored type kept) -> channel first -> image scaled to [0, 1] -> ``num_channels`` channels."""
+    return [
+        LoadImaged(
+            keys=list(keys),
+            image_only=True,
+            dtype=None,
+            ensure_channel_first=True,
+            reader=Image2DReader(),
+            allow_missing_keys=True,
+        ),
+        ScaleImageIntensityd(keys="image", intensity_range=intensity_range),
+        EnsureNumChannelsd(keys="image", num_channels=num_channels),
+    ]
 
 
 def image_segmentation_transforms(
     image_size: Sequence[int],
     num_channels: int = 3,
     label_policy: str = "background",
-    label_threshold: float = 127.5,
-    image_max: float = 255.0,
+    mode: str = "binary",
+    label_channels: int = 1,
+    label_threshold: float = 0.0,
+    intensity_range: IntensityRange = None,
     fill_value: float = 0.0,
     ignore_index: int = IGNORE_INDEX,
     im_class: int = 0,
 ) -> Compose:
-    """Load, resize and scale image / label / IM triples for training and inference.
+    """Load, scale, resize and encode image / label / IM triples for training, validation and pseudo-labelling.
 
-    The chain: ``LoadImaged`` -> ``EnsureChannelFirstd`` -> :class:`EnsureNumChannelsd` (grayscale
-    or RGB(A) to ``num_channels``) -> ``Resized`` (bilinear for images, nearest for masks) ->
-    ``ScaleIntensityRanged`` (0..``image_max`` to 0..1) -> ``AsDiscreted`` (masks to 0/1 at
-    ``label_threshold``) -> :class:`ApplyInconsistencyMaskd` (the IM is cut out of image and label
-    with ``label_policy``; only pseudo-labeled items carry an IM) -> ``SelectItemsd`` -> ``EnsureTyped``.
+    The chain: ``LoadImaged`` (stored type kept) -> :class:`ScaleImageIntensityd` (``intensity_range``) ->
+    :class:`EnsureNumChannelsd` (grayscale or RGB(A) to ``num_channels``) -> :class:`ReadLabeld` (the
+    foreground rule ``label > label_threshold``, or class maps) -> ``AsDiscreted`` (IM files: > 0.5) ->
+    ``Resized`` (bilinear for images, nearest for masks) -> :class:`ApplyInconsistencyMaskd` (the IM is cut
+    out of image and label with ``label_policy``; only pseudo-labeled items carry an IM) ->
+    ``SelectItemsd`` -> ``EnsureTyped``.
 
     Args:
         image_size: spatial size every image is resized to, e.g. (256, 256).
         num_channels: channels the network expects (3 for RGB, 1 for grayscale).
         label_policy: "background" (IM pixels become 0, the paper's runs), "ignore" (IM pixels get
             ``ignore_index`` and the loss skips them) or "im_class".
-        label_threshold: mask values above it are foreground (masks are stored as 0/255).
-        image_max: the intensity that maps to 1.0.
+        mode: "binary", "multilabel" or "multiclass": how masks are read (:class:`ReadLabel`).
+        label_channels: the network's output channels (mask channels of multi-label tasks, classes of
+            multi-class tasks).
+        label_threshold: binary and multi-label masks are foreground where ``label > label_threshold``
+            (0: 0/1, 0/255 and 0/k masks alike).
+        intensity_range: ``None`` (8-bit 0..255, 16-bit 0..65535, float as stored), ``[low, high]`` or
+            ``"minmax"``; see :class:`ScaleImageIntensity`.
         fill_value: image value inside the IM.
         ignore_index: label value of ignored pixels (policy "ignore").
         im_class: label value of IM pixels (policy "im_class").
     """
     keys = ["image", "label", "im"]
-    masks = ["label", "im"]
     return Compose(
         [
-            LoadImaged(keys=keys, image_only=True, allow_missing_keys=True),
-            EnsureChannelFirstd(keys=keys, allow_missing_keys=True),
-            EnsureNumChannelsd(keys="image", num_channels=num_channels),
+            *_read_images(keys, num_channels, intensity_range),
+            ReadLabeld(
+                keys="label",
+                mode=mode,
+                num_channels=label_channels,
+                label_threshold=label_threshold,
+                allow_missing_keys=True,
+            ),
+            AsDiscreted(keys="im", threshold=0.5, allow_missing_keys=True),
             Resized(
                 keys=keys,
                 spatial_size=tuple(image_size),
                 mode=("bilinear", "nearest", "nearest"),
                 allow_missing_keys=True,
             ),
-            ScaleIntensityRanged(keys="image", a_min=0.0, a_max=image_max, b_min=0.0, b_max=1.0, clip=True),
-            AsDiscreted(keys=masks, threshold=label_threshold, allow_missing_keys=True),
             ApplyInconsistencyMaskd(
                 image_keys="image",
                 label_keys="label",
@@ -90,6 +119,24 @@ def image_segmentation_transforms(
             ),
             SelectItemsd(keys=["image", "label"], allow_missing_keys=True),
             EnsureTyped(keys=["image", "label"], track_meta=False, allow_missing_keys=True),
+        ]
+    )
+
+
+def image_inference_transforms(
+    image_size: Sequence[int], num_channels: int = 3, intensity_range: IntensityRange = None
+) -> Compose:
+    """The image half of :func:`image_segmentation_transforms`, keeping the metadata for ``Invertd``.
+
+    Args:
+        image_size: the network's input size.
+        num_channels: channels the network expects.
+        intensity_range: the same rule as in training (see :class:`ScaleImageIntensity`).
+    """
+    return Compose(
+        [
+            *_read_images(["image"], num_channels, intensity_range),
+            Resized(keys="image", spatial_size=tuple(image_size), mode="bilinear"),
         ]
     )
 

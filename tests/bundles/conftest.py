@@ -8,6 +8,6 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)
-def _run_from_repository_root(monkeypatch):
-    """Bundles run from the repository root (their '%bundles/common/...' references are relative to it)."""
-    monkeypatch.chdir(REPO)
+def _run_outside_the_repository(tmp_path_factory, monkeypatch):
+    """Bundles must not depend on the working directory: every bundle test runs from an empty folder."""
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))

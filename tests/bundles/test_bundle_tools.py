@@ -24,6 +24,11 @@ def configs(bundle: str) -> Path:
     return REPO / "bundles" / bundle / "configs"
 
 
+def inference(bundle: str) -> list[str]:
+    """inference.json merges on top of train.json, whose network and reading rules it reuses."""
+    return [str(configs(bundle) / "train.json"), str(configs(bundle) / "inference.json")]
+
+
 @pytest.fixture(scope="module", params=sorted(BUNDLES))
 def bundle(request, tmp_path_factory):
     """(name, checkpoint): a state dict of the bundle's IMUNet (random weights exercise the configs)."""
@@ -56,7 +61,7 @@ def test_inference_writes_masks_at_input_size(bundle, tmp_path):
     Image.fromarray(rng.integers(0, 255, (30, 30), dtype=np.uint8)).save(inputs / "gray.png")
     out = tmp_path / "out"
     run(
-        config_file=str(configs(name) / "inference.json"),
+        config_file=inference(name),
         logging_file=False,
         input_dir=str(inputs),
         output_dir=str(out),
@@ -76,27 +81,58 @@ def test_inference_writes_masks_at_input_size(bundle, tmp_path):
     assert sorted(p.name for p in inputs.iterdir()) == ["gray.png", "rgb.jpg"], "inputs untouched"
 
 
-def test_inference_refuses_to_overwrite_inputs(bundle, tmp_path):
+def test_inference_refuses_to_overwrite_inputs_before_writing(bundle, tmp_path, capsys):
     from monai.bundle import run
 
     name, checkpoint = bundle
     Image.fromarray(np.zeros((32, 32), np.uint8)).save(tmp_path / "a.png")
-    with pytest.raises(RuntimeError) as err:
+    Image.fromarray(np.full((32, 32), 7, np.uint8)).save(tmp_path / "a_mask.png")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(SystemExit) as err:
         run(
-            config_file=str(configs(name) / "inference.json"),
+            config_file=inference(name),
             logging_file=False,
             input_dir=str(tmp_path),
             output_dir=str(tmp_path),
             checkpoint=str(checkpoint),
             image_size=[32, 32],
-            output_postfix="",
+            output_postfix="_mask",
         )
-    chain, e = [], err.value
-    while e is not None:
-        chain.append(str(e))
-        e = e.__cause__ or e.__context__
-    assert any("refusing to overwrite the input image" in m for m in chain)
-    assert np.array(Image.open(tmp_path / "a.png")).sum() == 0
+    assert "a_mask.png" in str(err.value) and "\n" not in str(err.value).strip().splitlines()[0]
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before, "nothing written or changed"
+
+
+def test_copied_bundle_checks_pass_offline(bundle, tmp_path):
+    """The model zoo's checks on a copy of the bundle folder: metadata schema, net in/out, export, properties."""
+    import shutil
+
+    from monai_im.bundle import check_bundle
+
+    name, checkpoint = bundle
+    copy = tmp_path / name
+    shutil.copytree(REPO / "bundles" / name, copy)
+    assert check_bundle(copy, checkpoint) == [
+        "verify_metadata",
+        "verify_net_in_out",
+        "ckpt_export",
+        "check_properties (inference)",
+    ]
+
+
+def test_metadata_schema_refuses_a_broken_metadata(tmp_path):
+    import shutil
+
+    from monai.bundle import verify_metadata
+
+    from monai_im.bundle import METADATA_SCHEMA
+
+    copy = tmp_path / "isic_im"
+    shutil.copytree(REPO / "bundles" / "isic_im", copy)
+    meta = json.loads((copy / "configs" / "metadata.json").read_text())
+    del meta["network_data_format"]["inputs"]["image"]["num_channels"]
+    (copy / "configs" / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="num_channels"):
+        verify_metadata(meta_file=str(copy / "configs" / "metadata.json"), filepath=str(METADATA_SCHEMA))
 
 
 def test_evaluate_scores_a_checkpoint(bundle, isic_tiny, hela_tiny, tmp_path):
@@ -134,11 +170,11 @@ def test_monai_bundle_tools(bundle, command, tmp_path):
         "--meta_file",
         str(configs(name) / "metadata.json"),
         "--config_file",
-        str(configs(name) / "inference.json"),
+        str(configs(name) / "train.json"),
     ]
     if command == "ckpt_export":
         args += ["--filepath", str(tmp_path / "model.ts"), "--ckpt_file", str(checkpoint)]
-    proc = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     if command == "ckpt_export":
         ts = torch.jit.load(str(tmp_path / "model.ts"))

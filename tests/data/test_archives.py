@@ -6,21 +6,34 @@ import hashlib
 import http.server
 import io
 import re
+import shutil
+import stat
 import tarfile
 import threading
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from monai_im.data import archives
 from monai_im.data.archives import (
+    DEFAULT_MAX_RATIO,
+    DEFAULT_MAX_TOTAL_SIZE,
+    RATIO_MIN_SIZE,
     ArchiveError,
+    ArchiveLimitError,
     ChecksumError,
     DownloadError,
+    ExtractionLimits,
+    NotEnoughSpaceError,
     UnsafeArchiveError,
     check_archive,
+    check_free_space,
     download,
+    format_size,
     parse_checksum_overrides,
+    parse_size,
     read_checksums,
     record_checksum,
     safe_extract,
@@ -272,12 +285,34 @@ def test_safe_extract_zip(tmp_path):
     assert (tmp_path / "out" / "top" / "empty").is_dir()
 
 
-def test_safe_extract_tar_with_internal_link(tmp_path):
-    info = tarfile.TarInfo("d/a.txt")
-    archive = _tar(tmp_path / "ok.tar.gz", [info, _link("d/link.txt", "a.txt")], {"d/a.txt": b"hello"})
-    safe_extract(archive, tmp_path / "out", progress=False)
+def test_safe_extract_tar(tmp_path):
+    archive = _tar(
+        tmp_path / "ok.tar.gz",
+        [tarfile.TarInfo("d/a.txt"), tarfile.TarInfo("d/b.bin")],
+        {"d/a.txt": b"hello", "d/b.bin": PAYLOAD},
+    )
+    files = safe_extract(archive, tmp_path / "out", progress=False)
+    assert sorted(p.name for p in files) == ["a.txt", "b.bin"]
     assert (tmp_path / "out" / "d" / "a.txt").read_bytes() == b"hello"
-    assert (tmp_path / "out" / "d" / "link.txt").read_bytes() == b"hello"
+    assert (tmp_path / "out" / "d" / "b.bin").read_bytes() == PAYLOAD
+    contents = check_archive(archive)
+    assert contents.kind == "tar" and contents.names == ("d/a.txt", "d/b.bin")
+    assert contents.total_size == 5 + len(PAYLOAD)
+
+
+@pytest.mark.parametrize("kind", [tarfile.SYMTYPE, tarfile.LNKTYPE], ids=["symlink", "hardlink"])
+def test_safe_extract_tar_refuses_links_even_inside(tmp_path, kind):
+    archive = _tar(
+        tmp_path / "l.tar.gz",
+        [tarfile.TarInfo("d/a.txt"), _link("d/link.txt", "a.txt", kind)],
+        {"d/a.txt": b"x"},
+    )
+    dest = tmp_path / "out"
+    with pytest.raises(UnsafeArchiveError) as e:
+        safe_extract(archive, dest, progress=False)
+    assert str(archive) in str(e.value) and "'d/link.txt'" in str(e.value) and "link" in str(e.value)
+    assert "\n" not in str(e.value)
+    assert not dest.exists()
 
 
 @pytest.mark.parametrize(
@@ -344,3 +379,166 @@ def test_safe_extract_corrupt_member(tmp_path):
     archive.write_bytes(bytes(raw))
     with pytest.raises(ArchiveError, match="c.zip"):
         safe_extract(archive, tmp_path / "out", progress=False)
+
+
+# --------------------------------------------------------------------------- bounded extraction
+
+
+def _zip_bomb(path: Path, size: int = 20 * 1024 * 1024) -> Path:
+    """``size`` bytes of zeros deflated to about ``size / 1000`` bytes, after a harmless member."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
+        zf.writestr("readme.txt", b"first member, must not be written")
+        with zf.open("zeros.bin", "w") as f:
+            chunk = bytes(1024 * 1024)
+            for _ in range(size // len(chunk)):
+                f.write(chunk)
+    return path
+
+
+def _tree(folder: Path) -> list[str]:
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")) if folder.exists() else []
+
+
+def test_zip_bomb_is_refused_by_its_ratio_before_writing(tmp_path):
+    archive = _zip_bomb(tmp_path / "bomb.zip")
+    assert archive.stat().st_size < 100_000  # really a bomb: 20 MiB in well under 100 kB
+    dest = tmp_path / "out"
+    with pytest.raises(ArchiveLimitError) as e:
+        safe_extract(archive, dest, progress=False)  # default limits
+    msg = str(e.value)
+    assert str(archive) in msg and "'zeros.bin'" in msg and "ratio" in msg and "\n" not in msg
+    assert not dest.exists()
+    dest.mkdir()  # an existing target stays empty
+    with pytest.raises(ArchiveLimitError):
+        safe_extract(archive, dest, progress=False)
+    assert _tree(dest) == []
+
+
+def test_total_size_limit_is_checked_before_writing(tmp_path):
+    archive = _zip(tmp_path / "big.zip", {"a.bin": PAYLOAD, "b.bin": PAYLOAD, "c.bin": PAYLOAD})
+    dest = tmp_path / "out"
+    limits = ExtractionLimits(max_total_size=2 * len(PAYLOAD) + 10, max_ratio=None)
+    with pytest.raises(ArchiveLimitError) as e:
+        safe_extract(archive, dest, progress=False, limits=limits)
+    assert str(archive) in str(e.value) and "'c.bin'" in str(e.value) and "limit" in str(e.value)
+    assert not dest.exists()
+    # the same archive within a limit that fits it
+    files = safe_extract(
+        archive, dest, progress=False, limits=ExtractionLimits(max_total_size=3 * len(PAYLOAD))
+    )
+    assert len(files) == 3 and (dest / "c.bin").read_bytes() == PAYLOAD
+
+
+def test_zip_bomb_refused_by_a_low_size_limit_and_limits_can_be_switched_off(tmp_path):
+    archive = _zip_bomb(tmp_path / "bomb.zip", size=4 * 1024 * 1024)
+    with pytest.raises(ArchiveLimitError, match="unpacks to more than the limit of 1.0 MiB"):
+        check_archive(archive, ExtractionLimits(max_total_size=1024 * 1024, max_ratio=None))
+    files = safe_extract(archive, tmp_path / "out", progress=False, limits=ExtractionLimits(None, None))
+    assert sorted(p.name for p in files) == ["readme.txt", "zeros.bin"]
+    assert (tmp_path / "out" / "zeros.bin").stat().st_size == 4 * 1024 * 1024
+
+
+def test_tar_bomb_is_refused_by_the_overall_ratio(tmp_path):
+    archive = tmp_path / "bomb.tar.gz"
+    with tarfile.open(archive, "w:gz") as tf:
+        info = tarfile.TarInfo("zeros.bin")
+        info.size = 8 * 1024 * 1024
+        tf.addfile(info, io.BytesIO(bytes(info.size)))
+    with pytest.raises(ArchiveLimitError) as e:
+        safe_extract(archive, tmp_path / "out", progress=False)
+    assert str(archive) in str(e.value) and "any of its 1 members" in str(e.value) and "ratio" in str(e.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_many_small_members_are_refused_by_the_overall_ratio(tmp_path):
+    with zipfile.ZipFile(tmp_path / "many.zip", "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for i in range(40):  # each below the per-member floor, together far above it
+            zf.writestr(f"z{i:02d}.bin", bytes(RATIO_MIN_SIZE // 2))
+    with pytest.raises(ArchiveLimitError, match="any of its 40 members"):
+        safe_extract(tmp_path / "many.zip", tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_unsupported_zip_method_is_reported_before_writing(tmp_path):
+    archive = _zip(tmp_path / "d64.zip", {"a.txt": b"a", "b.txt": b"b"})
+    raw = bytearray(archive.read_bytes())
+    central = raw.rfind(b"PK\x01\x02")  # the central directory entry of b.txt: method at offset 10
+    raw[central + 10 : central + 12] = (9).to_bytes(2, "little")  # Deflate64, which zipfile cannot read
+    archive.write_bytes(bytes(raw))
+    with pytest.raises(ArchiveError, match="'b.txt'.*compression method 9"):
+        safe_extract(archive, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_images_like_data_pass_the_default_limits(tmp_path):
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 256, 3 * 1024 * 1024, dtype=np.uint8).tobytes()  # incompressible, like JPEG
+    with zipfile.ZipFile(tmp_path / "img.zip", "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("img/a.jpg", noise)
+        zf.writestr("img/notes.txt", b" " * 100_000)  # small and very compressible: below the ratio floor
+    files = safe_extract(tmp_path / "img.zip", tmp_path / "out", progress=False)
+    assert len(files) == 2 and (tmp_path / "out" / "img" / "a.jpg").read_bytes() == noise
+
+
+def test_zip_symlink_member_is_refused(tmp_path):
+    archive = tmp_path / "link.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("good.txt", b"g")
+        info = zipfile.ZipInfo("data/link")
+        info.create_system = 3  # unix
+        info.external_attr = (stat.S_IFLNK | 0o777) << 16
+        zf.writestr(info, "/etc/passwd")
+    dest = tmp_path / "out"
+    with pytest.raises(UnsafeArchiveError) as e:
+        safe_extract(archive, dest, progress=False)
+    msg = str(e.value)
+    assert str(archive) in msg and "'data/link'" in msg and "symbolic link" in msg
+    assert not dest.exists()
+
+
+def test_member_inflating_beyond_its_declared_size_is_stopped_and_removed(tmp_path, monkeypatch):
+    archive = _zip(tmp_path / "lie.zip", {"a.txt": b"a" * 100, "b.txt": b"b" * 100})
+    real_open = zipfile.ZipFile.open
+
+    def lying_open(self, member, *args, **kwargs):
+        name = member.filename if isinstance(member, zipfile.ZipInfo) else member
+        if name == "b.txt":  # the stream yields far more than the header declares
+            return io.BytesIO(b"b" * (5 * 1024 * 1024))
+        return real_open(self, member, *args, **kwargs)
+
+    monkeypatch.setattr(zipfile.ZipFile, "open", lying_open)
+    dest = tmp_path / "out"
+    dest.mkdir()
+    (dest / "mine.txt").write_text("the user's")
+    with pytest.raises(ArchiveLimitError) as e:
+        safe_extract(archive, dest, progress=False)
+    assert str(archive) in str(e.value) and "'b.txt'" in str(e.value) and "declared size" in str(e.value)
+    assert _tree(dest) == ["mine.txt"]  # a.txt and the partial b.txt were removed, the user's file kept
+
+
+def test_free_space_is_checked_first(tmp_path, monkeypatch):
+    archive = _zip(tmp_path / "ok.zip", {"a.bin": PAYLOAD})
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(archives.shutil, "disk_usage", lambda path: usage._replace(free=len(PAYLOAD) - 1))
+    dest = tmp_path / "new" / "out"
+    with pytest.raises(NotEnoughSpaceError) as e:
+        safe_extract(archive, dest, progress=False)
+    assert str(archive) in str(e.value) and "free" in str(e.value) and str(dest) in str(e.value)
+    assert not (tmp_path / "new").exists()
+    check_free_space(dest, len(PAYLOAD) - 1, "x")  # exactly what is free: fine
+
+
+def test_limits_and_sizes():
+    with pytest.raises(ValueError, match="max_total_size"):
+        ExtractionLimits(max_total_size=0)
+    with pytest.raises(ValueError, match="max_ratio"):
+        ExtractionLimits(max_ratio=0.5)
+    assert DEFAULT_MAX_TOTAL_SIZE > 11e9 * 4 and DEFAULT_MAX_RATIO >= 10  # well above the real datasets
+    assert parse_size("64G") == 64 * 1024**3
+    assert parse_size("500MiB") == 500 * 1024**2
+    assert parse_size("1.5k") == 1536
+    assert parse_size("1000") == 1000
+    for bad in ("", "-1G", "0", "12Q", "G"):
+        with pytest.raises(ValueError, match="positive size"):
+            parse_size(bad)
+    assert format_size(512) == "512 B" and format_size(10.4 * 1024**3) == "10.4 GiB"

@@ -13,7 +13,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from monai_im.data.archives import ChecksumError, UnsafeArchiveError, sha256sum
+from monai_im.data.archives import (
+    ChecksumError,
+    UnsafeArchiveError,
+    sha256sum,
+)
 from monai_im.data.datalist import load_datalist
 from monai_im.data.prepare import CorruptImageError, DataPreparationError, SizeMismatchError
 from monai_im.data.prepare_hela import (
@@ -337,3 +341,17 @@ def test_help_exits_zero():
         timeout=60,
     )
     assert result.returncode == 0 and "--crop-size" in result.stdout and "--position-folder" in result.stdout
+
+
+def test_cli_extraction_limit_and_leftovers_of_an_interrupted_run(release, tmp_path, capsys):
+    out = tmp_path / "hela"
+    stale = tmp_path / ".hela.a1b2c3d4.partial"
+    (stale / "images").mkdir(parents=True)
+    argv = [str(out), "--archive", str(release), "--crop-size", "32", "--overlap", "0.5", "--workers", "1"]
+    assert main([*argv, "--no-progress", "--max-extract-size", "1K"]) == 1
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last.startswith("prepare_hela.py: error:") and "hela.zip" in last and "1.0 KiB" in last
+    assert not stale.exists()  # removed by the next run into the same folder, even one that fails later
+    _assert_clean_failure(out)
+    assert main([*argv, "--no-progress", "--max-extract-size", "1G", "--max-compression-ratio", "50"]) == 0
+    assert (out / "datalist.json").is_file() and _leftovers(tmp_path) == []

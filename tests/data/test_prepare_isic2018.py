@@ -6,6 +6,7 @@ import functools
 import http.server
 import io
 import json
+import shutil
 import subprocess
 import sys
 import threading
@@ -16,7 +17,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from monai_im.data.archives import ChecksumError, UnsafeArchiveError, read_checksums, sha256sum
+from monai_im.data import archives as archives_module
+from monai_im.data.archives import (
+    ArchiveLimitError,
+    ChecksumError,
+    ExtractionLimits,
+    NotEnoughSpaceError,
+    UnsafeArchiveError,
+    read_checksums,
+    sha256sum,
+)
 from monai_im.data.datalist import load_datalist, split_labeled
 from monai_im.data.prepare import (
     CorruptImageError,
@@ -25,7 +35,9 @@ from monai_im.data.prepare import (
     binarize,
     find_files,
     load_image,
+    output_folder,
     parallel_map,
+    remove_stale_partials,
     resize,
 )
 from monai_im.data.prepare_isic2018 import ARCHIVES, main, prepare_isic2018
@@ -334,3 +346,99 @@ def test_parallel_map():
     assert parallel_map(abs, [-5], workers=1, progress=False) == [5]
     with pytest.raises(ValueError):
         parallel_map(int, ["1", "x", "3"], workers=2, progress=False)
+
+
+# --------------------------------------------------------------------------- bounded extraction, leftovers
+
+
+def test_extraction_limits_reach_the_archives(archives, tmp_path, capsys):
+    out = tmp_path / "isic"
+    with pytest.raises(ArchiveLimitError) as e:
+        prepare_isic2018(
+            out, archives, size=8, workers=1, progress=False, limits=ExtractionLimits(max_total_size=2000)
+        )
+    assert "ISIC2018_Task1-2_Training_Input.zip" in str(e.value) and "limit" in str(e.value)
+    _assert_clean_failure(tmp_path, out)
+    argv = [str(out), "--archives-dir", str(archives), "--workers", "1", "--no-progress"]
+    assert main([*argv, "--max-extract-size", "2K"]) == 1
+    last = capsys.readouterr().err.splitlines()[-1]  # the error, one line after the checksum notes
+    assert last.startswith("prepare_isic2018.py: error:")
+    assert "ISIC2018_Task1-2_Training_Input.zip" in last and "2.0 KiB" in last
+    _assert_clean_failure(tmp_path, out)
+    with pytest.raises(SystemExit):
+        main([*argv, "--max-extract-size", "lots"])
+    assert "positive size such as 64G" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*argv, "--max-compression-ratio", "0.5"])
+    assert "ratio of at least 1" in capsys.readouterr().err
+
+
+def test_free_space_of_all_archives_is_checked_before_extracting(archives, tmp_path, monkeypatch):
+    sizes = []
+    for path in archives.glob("*.zip"):
+        with zipfile.ZipFile(path) as zf:
+            sizes.append(sum(i.file_size for i in zf.infolist()))
+    needed, one = sum(sizes), max(sizes)
+    usage = shutil.disk_usage(tmp_path)
+    # enough for any single archive, not for all six together
+    monkeypatch.setattr(archives_module.shutil, "disk_usage", lambda path: usage._replace(free=needed - 1))
+    assert one < needed - 1
+    out = tmp_path / "isic"
+    with pytest.raises(NotEnoughSpaceError) as e:
+        prepare_isic2018(out, archives, size=8, workers=1, progress=False)
+    assert "ISIC2018_Task1_Test_GroundTruth.zip" in str(e.value) and "free" in str(e.value)
+    _assert_clean_failure(tmp_path, out)
+
+
+def _plant_leftovers(parent: Path, name: str) -> dict[str, Path]:
+    paths = {
+        "partial": parent / f".{name}.k3x_9a2b.partial",
+        "work": parent / f".{name}.q81zzm0c.work",
+        "other_target": parent / f".{name}2018.k3x_9a2b.partial",
+        "old": parent / f".{name}.old",
+        "user": parent / f".{name}.notes",
+    }
+    for path in paths.values():
+        (path / "images").mkdir(parents=True)
+        (path / "images" / "x.png").write_bytes(b"half written")
+    paths["file"] = parent / f".{name}.abc.partial.txt"
+    paths["file"].write_text("not a folder")
+    return paths
+
+
+def test_remove_stale_partials(tmp_path):
+    paths = _plant_leftovers(tmp_path, "isic")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    (scratch / ".isic.zz.work").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / ".isic.ln.partial").symlink_to(tmp_path / "elsewhere")
+    removed = remove_stale_partials(tmp_path / "isic", scratch)
+    assert sorted(p.name for p in removed) == [".isic.k3x_9a2b.partial", ".isic.zz.work"]
+    assert not paths["partial"].exists() and not (scratch / ".isic.zz.work").exists()
+    # the scratch folder of a run with a work dir is only looked for in that work dir
+    assert paths["work"].exists()
+    assert remove_stale_partials(tmp_path / "isic") == [paths["work"]]
+    for key in ("other_target", "old", "user", "file"):
+        assert paths[key].exists(), key
+    assert (tmp_path / "elsewhere").is_dir() and (tmp_path / ".isic.ln.partial").is_symlink()
+    assert remove_stale_partials(tmp_path / "missing" / "isic") == []
+
+
+def test_next_run_removes_leftovers_of_an_interrupted_one(archives, tmp_path, capsys):
+    paths = _plant_leftovers(tmp_path, "isic")
+    prepare_isic2018(tmp_path / "isic", archives, size=8, workers=1, progress=False)
+    assert not paths["partial"].exists() and not paths["work"].exists()
+    assert "left over from an interrupted preparation" in capsys.readouterr().err
+    assert _leftovers(tmp_path) == sorted(p.name for k, p in paths.items() if k not in ("partial", "work"))
+
+
+def test_a_second_run_into_the_same_folder_is_refused_while_one_runs(tmp_path):
+    out = tmp_path / "isic"
+    with output_folder(out) as (staging, scratch):
+        with pytest.raises(FileExistsError, match="another preparation"):
+            with output_folder(out):
+                pass
+        assert staging.is_dir() and scratch.is_dir()  # the running one is left alone
+        (staging / "ok.txt").write_text("done")
+    assert (out / "ok.txt").read_text() == "done" and _leftovers(tmp_path) == []

@@ -143,3 +143,25 @@ def test_augmented_im_starts_as_aldt_then_adds_pseudo_labels_once():
     assert torch.equal(out.accepted, ref.accepted)
     desc = aim.describe()
     assert desc["method"] == "aim" and desc["augmented_copies"] == 4 and desc["max_im_fraction"] == 0.5
+
+
+def test_build_strategy_passes_each_method_only_its_options():
+    from monai_im.engines.strategies import STRATEGIES, build_strategy
+
+    options = dict(mode="binary", threshold=0.4, copies=3, dilation=0, min_foreground=5, foreground_exceeds_im=False)
+    for name in STRATEGIES:
+        assert build_strategy(name, **options).name == name
+    aim = build_strategy("aim", **options)  # forwards **kwargs to the IM strategy: they must arrive
+    assert aim.min_foreground == 5 and aim.foreground_exceeds_im is False and aim.threshold == 0.4
+    assert build_strategy("aldt", **options).copies == 3
+
+
+def test_build_strategy_names_the_known_methods():
+    import pytest
+
+    from monai_im.engines.strategies import build_strategy
+
+    with pytest.raises(ValueError, match="unknown method 'imm'.*aldt"):
+        build_strategy("imm")
+    with pytest.raises(SystemExit, match="^error: unknown method"):
+        build_strategy("imm", exit_on_error=True)

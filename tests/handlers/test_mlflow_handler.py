@@ -119,6 +119,6 @@ def test_runs_nest_log_per_generation_and_resume(tmp_path, monkeypatch):
         "best_val_iou"
     ] == pytest.approx(0.3)
     state = json.loads((tmp_path / "mlflow_runs.json").read_text())
-    assert state["parent"] == parents[0].info.run_id and state["finished"] == [0, 1]
+    assert state["runs"]["study"] == parents[0].info.run_id and state["finished"] == [0, 1]
     arts = {a.path for a in client.list_artifacts(parents[0].info.run_id, "figures")}
     assert "figures/test_iou_over_generations.png" in arts
