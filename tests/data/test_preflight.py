@@ -35,6 +35,16 @@ def dataset(root: Path, n: int = 3, **bad: str) -> Path:
     return root
 
 
+def two_pairs(root: Path, values: tuple[int, int]) -> Path:
+    """One labeled and one validation pair whose masks hold ``values``."""
+    root.mkdir()
+    entries = [
+        {"image": rgb(root / f"i{k}.png"), "label": mask(root / f"m{k}.png", values)} for k in range(2)
+    ]
+    (root / "datalist.json").write_text(json.dumps({"labeled": entries[:1], "validation": entries[1:]}))
+    return root
+
+
 def check(root: Path, **kw) -> list[str]:
     try:
         DatasetCheck(**kw)(load_datalist(root, check_files=False))
@@ -85,12 +95,7 @@ def test_missing_files_are_collected_too(tmp_path):
 
 
 def test_zero_one_masks_under_a_zero_255_rule_are_refused_not_trained_as_empty(tmp_path):
-    root = tmp_path / "d"
-    root.mkdir()
-    entries = [
-        {"image": rgb(root / f"i{k}.png"), "label": mask(root / f"m{k}.png", (0, 1))} for k in range(2)
-    ]
-    (root / "datalist.json").write_text(json.dumps({"labeled": entries[:1], "validation": entries[1:]}))
+    root = two_pairs(tmp_path / "d", (0, 1))
     assert check(root) == []  # the default rule label > 0 reads them right
     problems = check(root, label_threshold=127.5)
     assert len(problems) == 1 and "every labeled and validation mask is empty" in problems[0]
@@ -98,12 +103,7 @@ def test_zero_one_masks_under_a_zero_255_rule_are_refused_not_trained_as_empty(t
 
 
 def test_a_rule_that_makes_every_mask_full_is_refused(tmp_path):
-    root = tmp_path / "d"
-    root.mkdir()
-    entries = [
-        {"image": rgb(root / f"i{k}.png"), "label": mask(root / f"m{k}.png", (1, 2))} for k in range(2)
-    ]
-    (root / "datalist.json").write_text(json.dumps({"labeled": entries[:1], "validation": entries[1:]}))
+    root = two_pairs(tmp_path / "d", (1, 2))
     problems = check(root)
     assert len(problems) == 1 and "all foreground" in problems[0]
     assert check(root, label_threshold=1) == []
@@ -111,7 +111,6 @@ def test_a_rule_that_makes_every_mask_full_is_refused(tmp_path):
 
 def test_images_the_network_cannot_take_and_float_ranges(tmp_path):
     root = dataset(tmp_path / "d")
-    np_img = np.zeros((8, 8, 2), np.uint8)
     Image.fromarray(np.zeros((8, 8, 4), np.uint8)).save(root / "img0.png")  # RGBA -> RGB is fine
     Image.fromarray(np.zeros((8, 8), np.float32) + 5.0).save(root / "img1.tif")
     dl = json.loads((root / "datalist.json").read_text())
@@ -120,7 +119,6 @@ def test_images_the_network_cannot_take_and_float_ranges(tmp_path):
     problems = check(root)
     assert len(problems) == 1 and "img1.tif" in problems[0] and "intensity_range" in problems[0]
     assert check(root, intensity_range=[0, 10]) == []
-    del np_img
     problems = check(root, in_channels=2, intensity_range=[0, 10])
     assert any("the network takes 2" in p for p in problems)
 

@@ -148,7 +148,9 @@ def test_augmented_im_starts_as_aldt_then_adds_pseudo_labels_once():
 def test_build_strategy_passes_each_method_only_its_options():
     from monai_im.engines.strategies import STRATEGIES, build_strategy
 
-    options = dict(mode="binary", threshold=0.4, copies=3, dilation=0, min_foreground=5, foreground_exceeds_im=False)
+    options = dict(
+        mode="binary", threshold=0.4, copies=3, dilation=0, min_foreground=5, foreground_exceeds_im=False
+    )
     for name in STRATEGIES:
         assert build_strategy(name, **options).name == name
     aim = build_strategy("aim", **options)  # forwards **kwargs to the IM strategy: they must arrive
