@@ -33,6 +33,7 @@ from typing import Any
 
 from monai_im.data.datalist import IMAGE_EXTENSIONS
 from monai_im.transforms.io import NIFTI_EXTENSIONS, segmentation_file_name
+from monai_im.utils import as_bool
 
 __all__ = [
     "InferenceInputError",
@@ -198,6 +199,7 @@ def plan_inference(
     Raises:
         InferenceInputError: listing every problem, one per line; nothing has been written.
     """
+    overwrite = as_bool(overwrite, "overwrite")
     in_root = Path(input_dir).expanduser().absolute()
     out_root = Path(output_dir).expanduser().absolute()
     if "/" in output_postfix or os.sep in output_postfix:

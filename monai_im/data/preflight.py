@@ -31,6 +31,7 @@ from monai_im.transforms.encoding import (
     image_value_range,
     label_channel_problem,
 )
+from monai_im.utils import as_bool
 
 __all__ = ["FileFacts", "DatasetCheck", "DatasetCheckError", "read_facts", "load_checked_datalist"]
 
@@ -165,11 +166,11 @@ class DatasetCheck:
         self.out_channels = int(out_channels)
         self.spatial_dims = int(spatial_dims)
         self.label_threshold = float(label_threshold)
-        self.binarize_labels = bool(binarize_labels)
+        self.binarize_labels = as_bool(binarize_labels, "binarize_labels")
         self.intensity_range = intensity_range
         self.cache_file = Path(cache_dir) / CACHE_NAME if cache_dir is not None else None
         self.num_workers = num_workers or min(8, os.cpu_count() or 1)
-        self.progress = progress
+        self.progress = as_bool(progress, "progress")
 
     # ------------------------------------------------------------------ decoding
     def _load_cache(self) -> dict[str, Any]:

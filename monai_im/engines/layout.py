@@ -33,6 +33,7 @@ from typing import Any
 from monai_im.data.datalist import PATH_FIELDS
 from monai_im.engines.student import StudentResult
 from monai_im.io import atomic_write_json, load_json
+from monai_im.utils import as_bool
 
 __all__ = ["StudyLayout", "StudyMismatchError", "dataset_fingerprint", "study_identity"]
 
@@ -360,7 +361,7 @@ class StudyLayout:
         Raises:
             StudyMismatchError: the folder holds another study and ``overwrite`` is False.
         """
-        removed = self.remove_study() if overwrite else []
+        removed = self.remove_study() if as_bool(overwrite, "overwrite") else []
         if removed:
             logger.info(f"overwrite: removed the previous study in {self.root} ({len(removed)} entries)")
         self.check_identity(identity)

@@ -24,196 +24,53 @@ Tracking never steers, stops or stalls the study:
   complete record all along. Calls the store refuses (a bad request) are skipped with a warning.
 - a study resumed after an interruption continues the same runs, and logs the finished generations
   that had not reached the store.
+
+The store checks, the call queue and the MLflow forms of the datalist and the bundle config live in
+:mod:`monai_im.handlers.mlflow_store`; their public names are re-exported here.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import http.client
 import logging
 import os
 import time
-import urllib.error
-import urllib.request
-import warnings
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 from ignite.engine import Events
 
+from monai_im.handlers.mlflow_store import (
+    EXPERIMENT_KIND_TAG,
+    HTTP_LIMITS,
+    MODEL_TRAINING_KIND,
+    CallQueue,
+    NoRunError,
+    check_tracking_uri,
+    datalist_dataset,
+    ensure_experiment,
+    find_bundle_config,
+    first_line,
+    log_values,
+    run_is_active,
+)
 from monai_im.io import atomic_write_json, load_json
 
-__all__ = ["MLflowStudyHandler", "check_tracking_uri", "datalist_dataset", "find_bundle_config"]
+__all__ = [
+    "EXPERIMENT_KIND_TAG",
+    "HTTP_LIMITS",
+    "MODEL_TRAINING_KIND",
+    "MLflowStudyHandler",
+    "check_tracking_uri",
+    "datalist_dataset",
+    "find_bundle_config",
+]
 
 logger = logging.getLogger("monai_im")
-
-#: The experiment tag that tells the MLflow 3 UI what an experiment holds; with the model-training value
-#: the UI opens the experiment on its runs table.
-EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
-MODEL_TRAINING_KIND = "custom_model_development"
-
-#: MLflow's HTTP retry settings for the handler's calls, unless set in the environment: a server that
-#: went away costs a few seconds, not MLflow's default minutes of retries.
-HTTP_LIMITS = {
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
-}
-
-
-def find_bundle_config() -> dict | None:
-    """The merged configuration of the MONAI bundle run that is executing this code, if any.
-
-    Looks for the bundle's ``ConfigParser`` up the call stack (``python -m monai.bundle run`` and
-    ``ConfigWorkflow`` both hold one), so that the executed config can be logged as it ran.
-    """
-    import inspect
-
-    from monai.bundle import ConfigParser
-
-    frame = inspect.currentframe()
-    try:
-        while frame is not None:
-            for value in frame.f_locals.values():
-                parser = value if isinstance(value, ConfigParser) else getattr(value, "parser", None)
-                if isinstance(parser, ConfigParser):
-                    return parser.get()
-            frame = frame.f_back
-    finally:
-        del frame
-    return None
-
-
-def _param_value(v: Any) -> str:
-    s = str(v)
-    return s if len(s) <= 500 else s[:497] + "..."
-
-
-def _first_line(e: BaseException, limit: int = 200) -> str:
-    lines = str(e).strip().splitlines()
-    s = lines[0] if lines else type(e).__name__
-    return s if len(s) <= limit else s[: limit - 3] + "..."
-
-
-def _server_problem(uri: str, timeout: float) -> str | None:
-    """Why no HTTP server answers at ``uri`` (``None`` when one does, whatever its status)."""
-    try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
-            return None
-    except urllib.error.HTTPError:
-        return None  # a server answered (a login, a proxy path, ...)
-    except urllib.error.URLError as e:
-        return _first_line(e.reason) if isinstance(e.reason, BaseException) else str(e.reason)
-    except (OSError, http.client.HTTPException, ValueError) as e:
-        return _first_line(e)
-
-
-def check_tracking_uri(uri: str, hint: str = "drop --tracking_uri", timeout: float = 5.0) -> None:
-    """End the program with one line (``SystemExit``) when the tracking store at ``uri`` cannot be used.
-
-    A server (``http``/``https``) must answer at ``<uri>/health`` within ``timeout`` seconds; a file
-    store (``file:`` or a plain path) must be accepted by the installed MLflow, which refuses it from
-    3.x on unless ``MLFLOW_ALLOW_FILE_STORE`` is set. Database stores (``sqlite:`` ...) are not checked.
-
-    Args:
-        uri: the tracking URI.
-        hint: how the user falls back to the local sqlite store, for the message.
-        timeout: seconds to wait for a server.
-    """
-    scheme = urlparse(uri).scheme.lower()
-    if scheme in ("http", "https"):
-        problem = _server_problem(uri, timeout)
-        if problem is not None:
-            raise SystemExit(
-                f"error: MLflow tracking server {uri} is not reachable ({problem}); "
-                f"start it, or {hint} to use the local sqlite store"
-            )
-    elif scheme in ("", "file") or len(scheme) == 1:  # a path (with a drive letter on Windows)
-        import mlflow
-        from mlflow import MlflowClient
-
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                MlflowClient(uri).search_experiments(max_results=1)
-        except Exception as e:
-            path = urllib.request.url2pathname(urlparse(uri).path) if scheme == "file" else uri
-            db = Path(path).expanduser().resolve().with_suffix(".db").as_posix()
-            reason = str(e).split(". ")[0].strip().rstrip(".")
-            raise SystemExit(
-                f"error: MLflow {mlflow.__version__} cannot use the file store {uri} ({reason}); "
-                f"use a database store instead, e.g. --tracking_uri sqlite:///{db}"
-            ) from None
-
-
-def datalist_dataset(datalist: Mapping[str, Sequence[Mapping[str, Any]]], name: str = "datalist") -> Any:
-    """The datalist as an MLflow dataset (``mlflow.data.from_pandas``): one row per entry.
-
-    Args:
-        datalist: split name (``labeled``, ``validation``, ``test``, ``unlabeled``) -> entries with
-            ``image`` and optionally ``label``.
-        name: the dataset's name in MLflow.
-
-    Returns:
-        a ``PandasDataset`` with columns ``split``, ``image``, ``label`` (missing for unlabeled images),
-        target ``label``, its digest computed from the table and its source the images' common folder.
-    """
-    import mlflow.data
-    import pandas as pd
-
-    def text(v: Any) -> str | None:
-        return None if v is None else str(v)
-
-    rows = [
-        {"split": split, "image": text(e.get("image")), "label": text(e.get("label"))}
-        for split, entries in datalist.items()
-        for e in entries
-    ]
-    folders = [os.path.dirname(r["image"]) for r in rows if r["image"]]
-    try:
-        source = os.path.commonpath(folders) if folders else None
-    except ValueError:  # relative and absolute paths, or several drives
-        source = None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # a local folder matches several equivalent MLflow source types
-        return mlflow.data.from_pandas(
-            pd.DataFrame(rows, columns=["split", "image", "label"]), source=source, name=name, targets="label"
-        )
-
-
-class _NoRun(Exception):
-    """A call for a run that was never created (the store refused to create it)."""
-
-
-def _transient(e: Exception) -> bool:
-    """Whether a failed call is worth sending again (a store that is down or busy), not one it refused.
-
-    Refused: a request the store answers with a 4xx status (but 408/429), and bad values (``TypeError``,
-    ``ValueError``, ``LookupError``, ``AttributeError``). Anything else (connection errors, timeouts, 5xx,
-    a database that is locked) is the store's trouble, and the call is sent again later.
-    """
-    from mlflow.exceptions import MlflowException
-
-    if isinstance(e, MlflowException):
-        status = e.get_http_status_code()
-        return not 400 <= status < 500 or status in (408, 429)
-    return not isinstance(e, (_NoRun, TypeError, ValueError, LookupError, AttributeError))
-
-
-@contextlib.contextmanager
-def _http_limits() -> Iterator[None]:
-    """:data:`HTTP_LIMITS` in the environment for the duration of the block, where the user set none."""
-    added = [k for k in HTTP_LIMITS if k not in os.environ]
-    os.environ.update({k: HTTP_LIMITS[k] for k in added})
-    try:
-        yield
-    finally:
-        for k in added:
-            os.environ.pop(k, None)
 
 
 def _never_raises(hook: Callable) -> Callable:
@@ -227,7 +84,7 @@ def _never_raises(hook: Callable) -> Callable:
             if not self.hook_failed:
                 self.hook_failed = True
                 logger.warning(
-                    f"MLflow: tracking skipped a step of the study ({hook.__name__}: {_first_line(e)})"
+                    f"MLflow: tracking skipped a step of the study ({hook.__name__}: {first_line(e)})"
                 )
 
     return guarded
@@ -273,11 +130,8 @@ class MLflowStudyHandler:
         self.state_file = self.output_dir / "mlflow_runs.json"
         self.state: dict[str, Any] = {}
         self.client: Any = None
-        self.pending: deque[tuple] = deque()
-        self.failing = False
-        self.refused = 0
+        self.queue = CallQueue(self._send, self.tracking_uri, self.output_dir, retry_interval)
         self.hook_failed = False
-        self._last_try = 0.0
         self._requested: set[str] = set()
 
     @staticmethod
@@ -290,6 +144,21 @@ class MLflowStudyHandler:
         study.add_observer(self)
 
     # ------------------------------------------------------------------ the queue
+    @property
+    def pending(self) -> deque[tuple]:
+        """The tracking calls waiting for the store, oldest first."""
+        return self.queue.pending
+
+    @property
+    def failing(self) -> bool:
+        """Whether the store failed and has not answered since."""
+        return self.queue.failing
+
+    @property
+    def refused(self) -> int:
+        """How many calls the store refused (skipped)."""
+        return self.queue.refused
+
     def submit(self, *calls: tuple, force: bool = False) -> bool:
         """Queue MLflow calls and send all the store takes, in order; never raises.
 
@@ -300,48 +169,10 @@ class MLflowStudyHandler:
         Returns:
             whether the queue is empty afterwards.
         """
-        self.pending.extend(calls)
-        if not self.pending:
-            return True
-        if self.failing and not force and not self._store_may_answer():
-            return False
-        self._last_try = time.monotonic()
-        sent = 0
-        with _http_limits():
-            while self.pending:
-                call = self.pending[0]
-                try:
-                    getattr(self, f"_call_{call[0]}")(*call[1:])
-                except Exception as e:
-                    if _transient(e):
-                        if not self.failing:
-                            self.failing = True
-                            logger.warning(
-                                f"MLflow: tracking at {self.tracking_uri} failed ({_first_line(e)}); the study goes "
-                                f"on and {self.output_dir} keeps its complete record; tracking calls wait and are "
-                                f"sent when the store answers again"
-                            )
-                        return False
-                    if not isinstance(e, _NoRun):
-                        self.refused += 1
-                        if self.refused == 1:
-                            logger.warning(
-                                f"MLflow: the store refused a call ({call[0]}), skipped: {_first_line(e)}"
-                            )
-                self.pending.popleft()
-                sent += 1
-        if self.failing:
-            self.failing = False
-            logger.info(f"MLflow: {self.tracking_uri} answers again; {sent} waiting tracking calls sent")
-        return True
+        return self.queue.submit(*calls, force=force)
 
-    def _store_may_answer(self) -> bool:
-        """After a failure: whether to try the store now (every ``retry_interval`` s, if a server answers)."""
-        if time.monotonic() - self._last_try < self.retry_interval:
-            return False
-        self._last_try = time.monotonic()
-        server = urlparse(self.tracking_uri).scheme in ("http", "https")
-        return not server or _server_problem(self.tracking_uri, timeout=2.0) is None  # cheaper than MLflow
+    def _send(self, call: tuple) -> None:
+        getattr(self, f"_call_{call[0]}")(*call[1:])
 
     def _save(self) -> None:
         atomic_write_json(self.state_file, self.state)
@@ -360,39 +191,19 @@ class MLflowStudyHandler:
     def _id(self, key: str) -> str:
         run_id = self.run_id(key)
         if run_id is None:
-            raise _NoRun(key)
+            raise NoRunError(key)
         return run_id
 
     def _alive(self, run_id: str | None) -> bool:
-        from mlflow.exceptions import MlflowException
-
-        if not run_id:
-            return False
-        try:
-            return self._client().get_run(run_id).info.lifecycle_stage == "active"
-        except MlflowException as e:
-            if _transient(e):
-                raise
-            return False  # a run deleted from the store
+        return bool(run_id) and run_is_active(self._client(), run_id)
 
     # ------------------------------------------------------------------ calls (run in queue order)
     def _call_setup(self) -> None:
         """Find or create the experiment (model-training kind); continue the parent run if it is alive."""
         client = self._client()
-        exp = client.get_experiment_by_name(self.experiment_name)
-        if exp is None:
-            local = urlparse(self.tracking_uri).scheme in ("sqlite", "file", "")
-            location = (self.output_dir.resolve() / "mlartifacts").as_uri() if local else None
-            exp_id = client.create_experiment(
-                self.experiment_name,
-                artifact_location=location,
-                tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND},
-            )
-        else:
-            exp_id = exp.experiment_id
-            kind = exp.tags.get(EXPERIMENT_KIND_TAG)
-            if kind is None or kind.endswith("_inferred") or kind == "no_inferred_type":
-                client.set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
+        local = urlparse(self.tracking_uri).scheme in ("sqlite", "file", "")
+        location = (self.output_dir.resolve() / "mlartifacts").as_uri() if local else None
+        exp_id = ensure_experiment(client, self.experiment_name, artifact_location=location)
         parent = self.run_id("study") if self.state.get("experiment_id") == exp_id else None
         if self._alive(parent):
             client.update_run(parent, status="RUNNING")
@@ -417,8 +228,7 @@ class MLflowStudyHandler:
         if key.startswith("student"):
             self.state["open_students"].append(run.info.run_id)
         self._save()
-        for call in reversed([("log", key, None, params, 0, 0), *then]):
-            self.pending.insert(1, call)  # right after this call, before anything queued later
+        self.queue.put_next([("log", key, None, params, 0, 0), *then])
 
     def _call_log(
         self,
@@ -428,15 +238,7 @@ class MLflowStudyHandler:
         step: int,
         ms: int,
     ) -> None:
-        from mlflow.entities import Metric, Param
-
-        ms = ms or int(time.time() * 1000)
-        metric_list = [
-            Metric(k, float(v), ms, step) for k, v in (metrics or {}).items() if v is not None and v == v
-        ]
-        param_list = [Param(k, _param_value(v)) for k, v in (params or {}).items()]
-        if metric_list or param_list:
-            self._client().log_batch(self._id(key), metrics=metric_list, params=param_list)
+        log_values(self._client(), self._id(key), metrics, params, step, ms)
 
     def _call_artifact(self, key: str, path: str, artifact_path: str | None) -> None:
         if Path(path).is_file():
@@ -491,7 +293,7 @@ class MLflowStudyHandler:
                     ("input", "study", DatasetInput(entity, [InputTag(MLFLOW_DATASET_CONTEXT, "training")]))
                 )
             except Exception as e:
-                logger.warning(f"MLflow: the datalist is not logged as a dataset ({_first_line(e)})")
+                logger.warning(f"MLflow: the datalist is not logged as a dataset ({first_line(e)})")
         desc = study.describe()
         name = self.run_name or str(desc.get("method"))
         self.submit(("setup",), ("create", "study", None, name, desc, True, then))
@@ -586,7 +388,7 @@ class MLflowStudyHandler:
                 )
                 calls.append(("artifact", "study", str(path), "figures"))
             except Exception as e:
-                logger.warning(f"MLflow: no {test_key} plot ({_first_line(e)})")
+                logger.warning(f"MLflow: no {test_key} plot ({first_line(e)})")
         if not self.submit(*calls, ("end", "study", "FINISHED"), force=True):
             logger.warning(
                 f"MLflow: {len(self.pending)} tracking calls did not reach {self.tracking_uri}; the study folder "

@@ -143,5 +143,8 @@ def test_a_different_study_is_refused_in_a_used_folder(isic_tiny, tmp_path, monk
     with pytest.raises(SystemExit) as err:
         run_isic(isic_tiny, out, seed=7)
     assert "seed" in str(err.value) and str(out) in str(err.value)
+    with pytest.raises(SystemExit):  # the command line's string 'false' must not read as true
+        run_isic(isic_tiny, out, seed=7, overwrite="false")
+    assert json.loads((out / "results.json").read_text())["study"]["seed"] == 42
     again = run_isic(isic_tiny, out, seed=7, overwrite=True)
     assert again["study"]["seed"] == 7

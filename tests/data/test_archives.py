@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from monai_im.data import archives
+from monai_im.data import extract
 from monai_im.data.archives import (
     DEFAULT_MAX_RATIO,
     DEFAULT_MAX_TOTAL_SIZE,
@@ -519,7 +519,7 @@ def test_member_inflating_beyond_its_declared_size_is_stopped_and_removed(tmp_pa
 def test_free_space_is_checked_first(tmp_path, monkeypatch):
     archive = _zip(tmp_path / "ok.zip", {"a.bin": PAYLOAD})
     usage = shutil.disk_usage(tmp_path)
-    monkeypatch.setattr(archives.shutil, "disk_usage", lambda path: usage._replace(free=len(PAYLOAD) - 1))
+    monkeypatch.setattr(extract.shutil, "disk_usage", lambda path: usage._replace(free=len(PAYLOAD) - 1))
     dest = tmp_path / "new" / "out"
     with pytest.raises(NotEnoughSpaceError) as e:
         safe_extract(archive, dest, progress=False)

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from monai_im.data import archives as archives_module
+from monai_im.data import extract as extract_module
 from monai_im.data.archives import (
     ArchiveLimitError,
     ChecksumError,
@@ -381,7 +381,7 @@ def test_free_space_of_all_archives_is_checked_before_extracting(archives, tmp_p
     needed, one = sum(sizes), max(sizes)
     usage = shutil.disk_usage(tmp_path)
     # enough for any single archive, not for all six together
-    monkeypatch.setattr(archives_module.shutil, "disk_usage", lambda path: usage._replace(free=needed - 1))
+    monkeypatch.setattr(extract_module.shutil, "disk_usage", lambda path: usage._replace(free=needed - 1))
     assert one < needed - 1
     out = tmp_path / "isic"
     with pytest.raises(NotEnoughSpaceError) as e:
