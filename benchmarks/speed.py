@@ -6,12 +6,16 @@
    with the overhead split into IM + writing and reading + transforms, and each step timed alone.
 3. Training: one epoch of ``train_student`` (MONAI workflow) vs a bare PyTorch loop.
 4. Memory: peak RSS of pseudo-labelling n and 10 n images, each in a fresh process.
+5. Precision: the speed policy (``RunSettings``): eager fp32 vs channels_last, bf16 autocast,
+   torch.compile and all together, for a training step and the teacher ensemble forward pass, at
+   64x64 and 256x256; ends with one line ``speed-up at 256x256: training X.XXx, pseudo-labelling Y.YYx``.
 
 Usage::
 
     python benchmarks/speed.py                       # everything (about half an hour on 2 CPU cores)
     python benchmarks/speed.py --quick               # a short smoke run (smaller sizes, fewer repeats)
     python benchmarks/speed.py --only im pseudo --threads 2 --out benchmarks/results/speed.json
+    python benchmarks/speed.py --only precision --threads 2   # the speed policy (about 10 minutes)
     python benchmarks/speed.py --report-only --docs docs/benchmarks.md   # tables from the JSON into the docs
 
 Progress goes to stderr, the tables to stdout. A run of some benchmarks (``--only``) keeps the
@@ -34,12 +38,13 @@ from speed_common import environment, header, isic_like_items, log
 
 from monai_im.io import atomic_write_bytes, atomic_write_json
 
-BENCHMARKS = ("im", "pseudo", "train", "memory")
+BENCHMARKS = ("im", "pseudo", "train", "memory", "precision")
 TITLES = {
     "im": "1. IM creation throughput",
     "pseudo": "2. Pseudo-labelling throughput",
     "train": "3. Training epoch: train_student vs bare PyTorch loop",
     "memory": "4. Peak memory of pseudo-labelling, unlabeled set grown 10x",
+    "precision": "5. Precision, memory format and compilation (RunSettings) vs eager fp32",
 }
 
 
@@ -79,6 +84,8 @@ def render(name: str, result: dict[str, Any]) -> str:
         from speed_pseudo import pseudo_tables as fn
     elif name == "train":
         from speed_train import train_table as fn
+    elif name == "precision":
+        from speed_precision import precision_table as fn
     else:
         from speed_memory import memory_table as fn
     return fn(result)
@@ -168,6 +175,11 @@ def main(argv: list[str] | None = None) -> int:
 
                 result = run_train_benchmark(items, size, quick=args.quick)
                 text = train_table(result)
+            elif name == "precision":
+                from speed_precision import precision_table, run_precision_benchmark
+
+                result = run_precision_benchmark(quick=args.quick)
+                text = precision_table(result)
             else:
                 from speed_memory import memory_table, run_memory_benchmark
 
@@ -188,6 +200,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.docs is not None:
         update_docs(args.docs, results)
     log(f"[done] {results['seconds']:.0f} s; results in {os.fspath(args.out)}")
+    if "precision" in args.only:  # the last line of the output
+        from speed_precision import speedup_line
+
+        print(speedup_line(results["benchmarks"]["precision"]), flush=True)
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from monai_im.engines.acceleration import PRECISIONS, RunSettings, cpu_supports_bf16
 from monai_im.engines.inferers import AdaptiveInferer, ensemble_predict
 from monai_im.engines.layout import StudyLayout, StudyMismatchError, dataset_fingerprint, study_identity
 from monai_im.engines.pseudo_label import FigureSample, PseudoLabeler, PseudoLabelResult
@@ -26,6 +27,9 @@ from monai_im.engines.student import (
 from monai_im.engines.study import OBSERVER_HOOKS, SelfTrainingStudy
 
 __all__ = [
+    "PRECISIONS",
+    "RunSettings",
+    "cpu_supports_bf16",
     "AdaptiveInferer",
     "ensemble_predict",
     "FigureSample",

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 
 import torch
 from monai.inferers import Inferer, SlidingWindowInferer
 from monai.utils import convert_to_tensor, ensure_tuple_rep
+
+from monai_im.engines.acceleration import RunSettings
 
 __all__ = ["AdaptiveInferer", "ensemble_predict"]
 
@@ -52,13 +55,24 @@ def ensemble_predict(
     networks: Sequence[torch.nn.Module],
     inputs: torch.Tensor,
     inferer: Callable[[torch.Tensor, Callable], torch.Tensor] | None = None,
-    amp: bool = False,
+    settings: RunSettings | None = None,
 ) -> torch.Tensor:
-    """Logits of every network on the same batch, stacked: (E, B, C, *spatial).
+    """Logits of every network on the same batch, stacked in float32: (E, B, C, *spatial).
 
     One call per network on the whole batch (never one call per image).
+
+    Args:
+        networks: the ensemble; networks prepared by :meth:`RunSettings.prepare_network` carry their
+            own precision and memory format.
+        inputs: the batch (B, C, *spatial).
+        inferer: how a network is applied (e.g. :class:`AdaptiveInferer`); None = a direct call.
+        settings: a policy applied around networks that were not prepared (inference precision and
+            memory format of ``inputs``); None runs them as they are.
     """
     run = inferer if inferer is not None else (lambda x, net: net(x))
-    with torch.no_grad(), torch.autocast(device_type=inputs.device.type, enabled=amp):
+    context = settings.autocast(inputs.device, training=False) if settings is not None else nullcontext()
+    if settings is not None:
+        inputs = settings.to_memory_format(inputs)
+    with torch.no_grad(), context:
         outs = [run(inputs, net) for net in networks]
     return torch.stack([convert_to_tensor(o, track_meta=False).float() for o in outs])

@@ -21,6 +21,7 @@ import torch
 from monai.utils import convert_to_tensor
 
 from monai_im.data.datalist import write_datalist
+from monai_im.engines.acceleration import RunSettings, resolve_run_settings
 from monai_im.engines.inferers import ensemble_predict
 from monai_im.engines.strategies import PseudoLabelStrategy
 from monai_im.io import atomic_directory, atomic_write_json, load_json, save_png
@@ -99,7 +100,9 @@ class PseudoLabeler:
         fill_value: value written into the input image inside the IM (the paper: 0, black).
         image_scale: factor from the preprocessed image to the 8-bit PNG written (255 for images in [0, 1]).
         label_scale: factor from pseudo-label values to PNG values (255 writes 0/255 masks, as the datasets store them).
-        amp: mixed precision for the forward passes (CUDA only).
+        run_settings: the speed policy of the teachers' forward passes (inference precision, memory
+            format, compilation); the teachers are prepared with it. Default: :class:`RunSettings` ().
+        amp: deprecated, use ``run_settings``: False means float32 teachers, True the default policy.
         num_figure_images: how many images to keep for the IM figure.
         progress: show a progress bar.
         compress_level: zlib level of the PNG files written (0-9, all lossless). 1 by default:
@@ -117,7 +120,8 @@ class PseudoLabeler:
         fill_value: float = 0.0,
         image_scale: float = 255.0,
         label_scale: float = 255.0,
-        amp: bool = False,
+        run_settings: RunSettings | None = None,
+        amp: bool | None = None,
         num_figure_images: int = 4,
         progress: bool = True,
         compress_level: int = 1,
@@ -130,7 +134,7 @@ class PseudoLabeler:
         self.fill_value = fill_value
         self.image_scale = image_scale
         self.label_scale = label_scale
-        self.amp = amp and self.device.type == "cuda"
+        self.run_settings = resolve_run_settings(run_settings, amp, "PseudoLabeler")
         self.num_figure_images = num_figure_images
         self.progress = progress
         if not 0 <= compress_level <= 9:
@@ -167,8 +171,7 @@ class PseudoLabeler:
         )
         if not self.strategy.makes_pseudo_labels:
             raise ValueError(f"strategy {self.strategy.name!r} makes no pseudo-labels")
-        for t in teachers:
-            t.eval()
+        teachers = [self.run_settings.prepare_network(t, self.device).eval() for t in teachers]
         totals: dict[str, float] = {
             "images": 0,
             "accepted": 0,
@@ -189,7 +192,7 @@ class PseudoLabeler:
             for batch in bar:
                 images = convert_to_tensor(batch["image"], track_meta=False).to(self.device)
                 probs = self.strategy.activation(
-                    ensemble_predict(teachers, images, self.inferer, amp=self.amp), channel_dim=2
+                    ensemble_predict(teachers, images, self.inferer), channel_dim=2
                 )
                 result = self.strategy(probs)
                 im = result.im
@@ -215,7 +218,7 @@ class PseudoLabeler:
                     f.result()
                 pending = self._write(pool, tmp, uids[start : start + n], masked, result, accepted, items)
                 start += n
-                bar.set_postfix(kept=f"{int(totals['accepted'])}/{int(totals['images'])}")
+                bar.set_postfix(kept=f"{int(totals['accepted'])}/{int(totals['images'])}", refresh=False)
             for f in pending:
                 f.result()
             stats = self._stats(totals, quality, quality_kept)

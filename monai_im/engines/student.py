@@ -15,6 +15,7 @@ from monai.engines import SupervisedEvaluator, SupervisedTrainer
 from monai.handlers import CheckpointSaver, ValidationHandler
 from monai.inferers import Inferer
 
+from monai_im.engines.acceleration import RunSettings, resolve_run_settings
 from monai_im.handlers.progress import EpochProgressBar
 
 __all__ = [
@@ -82,11 +83,20 @@ def make_evaluator(
     inferer: Inferer | None = None,
     postprocessing: Callable | None = None,
     higher_is_better: bool = True,
-    amp: bool = False,
+    amp: bool | None = None,
     prefix: str = "",
     handlers: Sequence[Any] = (),
+    run_settings: RunSettings | None = None,
 ) -> SupervisedEvaluator:
-    """A MONAI SupervisedEvaluator with fresh copies of the key and additional metrics."""
+    """A MONAI SupervisedEvaluator with fresh copies of the key and additional metrics.
+
+    Args:
+        network: the network, prepared here with ``run_settings`` (it then runs at the inference precision).
+        amp: deprecated, use ``run_settings``.
+        run_settings: the speed policy (default :class:`RunSettings` ()).
+    """
+    settings = resolve_run_settings(run_settings, amp, "make_evaluator")
+    network = settings.prepare_network(network, device)
     return SupervisedEvaluator(
         device=device,
         val_data_loader=loader,
@@ -97,7 +107,6 @@ def make_evaluator(
         additional_metrics=build_metrics(additional_metrics or {}, prefix),
         metric_cmp_fn=(lambda cur, best: cur > best) if higher_is_better else (lambda cur, best: cur < best),
         val_handlers=list(handlers),
-        amp=amp,
     )
 
 
@@ -130,18 +139,23 @@ def train_student(
     inferer: Inferer | None = None,
     postprocessing: Callable | None = None,
     higher_is_better: bool = True,
-    amp: bool = False,
+    amp: bool | None = None,
     extra_handlers: Sequence[Any] = (),
     progress: bool = True,
+    run_settings: RunSettings | None = None,
 ) -> StudentResult:
     """Train one student from scratch and keep its best checkpoint on the validation key metric.
 
     The checkpoint is written as ``<save_dir>/model.pt`` (a state dict, atomically, by MONAI's
-    CheckpointSaver) whenever the key metric improves.
+    CheckpointSaver) whenever the key metric improves. The network is prepared with ``run_settings``
+    (default :class:`RunSettings` ()): training steps run at its training precision, validation at its
+    inference precision; ``amp`` is a deprecated alias.
 
     Returns:
         The best validation key metric, its epoch, the checkpoint path and the per-epoch history.
     """
+    settings = resolve_run_settings(run_settings, amp, "train_student")
+    network = settings.prepare_network(network, device)
     save_dir = Path(save_dir)
     save_dir.mkdir(parents=True, exist_ok=True)
     key_name = f"val_{next(iter(key_metric))}"
@@ -161,9 +175,9 @@ def train_student(
         inferer=inferer,
         postprocessing=postprocessing,
         higher_is_better=higher_is_better,
-        amp=amp,
         prefix="val_",
         handlers=[saver],
+        run_settings=settings,
     )
     trainer = SupervisedTrainer(
         device=device,
@@ -172,8 +186,8 @@ def train_student(
         network=network,
         optimizer=optimizer,
         loss_function=loss_function,
-        amp=amp,
         decollate=False,
+        **settings.trainer_amp(device),
         train_handlers=[ValidationHandler(interval=val_interval, validator=evaluator, epoch_level=True)],
     )
     if epochs % val_interval != 0:  # always validate the last epoch too

@@ -31,6 +31,7 @@ from monai.inferers import Inferer
 from monai.transforms import Compose
 from monai.utils import set_determinism
 
+from monai_im.engines.acceleration import RunSettings, resolve_run_settings
 from monai_im.engines.layout import StudyLayout, StudyMismatchError, study_identity
 from monai_im.engines.pseudo_label import PseudoLabeler, PseudoLabelResult
 from monai_im.engines.strategies import InconsistencyMaskStrategy, PseudoLabelStrategy
@@ -85,7 +86,9 @@ class SelfTrainingStudy:
         seed: base seed; student k of generation g uses ``100000 * seed + 1000 * g + k`` (see
             :meth:`student_seed`), so that studies with different seeds share no student.
         device: torch device; default CUDA when available, else CPU.
-        amp: mixed precision (used on CUDA only).
+        run_settings: the speed policy of every forward pass (training, validation, test and
+            pseudo-labelling): precision, memory format, compilation; default :class:`RunSettings` ().
+        amp: deprecated alias of ``run_settings``: False is float32 everywhere, True the default policy.
         inferer: how networks are applied in validation, test and pseudo-labelling (e.g. AdaptiveInferer).
         higher_is_better: direction of the key metric (False for errors such as MCCE).
         num_workers: DataLoader workers.
@@ -123,7 +126,8 @@ class SelfTrainingStudy:
         val_interval: int = 1,
         seed: int = 42,
         device: str | torch.device | None = None,
-        amp: bool = True,
+        run_settings: RunSettings | None = None,
+        amp: bool | None = None,
         inferer: Inferer | None = None,
         higher_is_better: bool = True,
         num_workers: int = 0,
@@ -175,7 +179,7 @@ class SelfTrainingStudy:
             if device is not None
             else torch.device("cuda" if torch.cuda.is_available() else "cpu")
         )
-        self.amp = bool(amp) and self.device.type == "cuda"
+        self.run_settings = resolve_run_settings(run_settings, amp, "SelfTrainingStudy")
         self.inferer = inferer
         self.higher_is_better = higher_is_better
         self.num_workers = num_workers
@@ -186,7 +190,7 @@ class SelfTrainingStudy:
             device=self.device,
             batch_size=batch_size,
             num_workers=num_workers,
-            amp=self.amp,
+            run_settings=self.run_settings,
             progress=progress,
             **dict(pseudo_labeler or {}),
         )
@@ -310,7 +314,7 @@ class SelfTrainingStudy:
         return sorted(results, key=lambda r: r.best_metric, reverse=self.higher_is_better)
 
     def load_student(self, result: StudentResult) -> torch.nn.Module:
-        net = build_network(self.network).to(self.device)
+        net = self.run_settings.prepare_network(build_network(self.network), self.device)
         return load_weights(net, result.checkpoint, self.device).eval()
 
     def pseudo_label(
@@ -348,7 +352,7 @@ class SelfTrainingStudy:
                 train_ds = self._dataset(items, transform)
             seed = self.student_seed(generation, k)
             set_determinism(seed=seed)
-            net = build_network(self.network).to(self.device)
+            net = self.run_settings.prepare_network(build_network(self.network), self.device)
             loader = DataLoader(
                 train_ds,
                 batch_size=self.batch_size,
@@ -376,9 +380,9 @@ class SelfTrainingStudy:
                 inferer=self.inferer,
                 postprocessing=self.postprocessing,
                 higher_is_better=self.higher_is_better,
-                amp=self.amp,
                 extra_handlers=[hook],
                 progress=self.progress,
+                run_settings=self.run_settings,
             )
             self.layout.write_student(result)
             self._notify("student_finished", result=result, resumed=False)
@@ -398,8 +402,8 @@ class SelfTrainingStudy:
             inferer=self.inferer,
             postprocessing=self.postprocessing,
             higher_is_better=self.higher_is_better,
-            amp=self.amp,
             prefix=prefix,
+            run_settings=self.run_settings,
         )
         evaluator.run()
         return {
@@ -418,6 +422,8 @@ class SelfTrainingStudy:
             self.prepare_output_dir()
         except StudyMismatchError as e:
             raise SystemExit(f"error: {e}") from e
+        settings = ", ".join(f"{k}={v}" for k, v in self.run_settings.describe(self.device).items())
+        logger.info(f"run settings on {self.device}: {settings}")
         self._notify("study_started")
         summaries: list[dict[str, Any]] = []
         previous: list[StudentResult] = []

@@ -57,3 +57,20 @@ def test_multilabel_study_tracks_cell_count_error(hela_tiny, tmp_path):
     assert len(parent) == 1 and parent[0].data.params["method"] == "im"
     assert parent[0].data.params["mode"] == "multilabel"
     assert sorted(m.step for m in client.get_metric_history(parent[0].info.run_id, "test_mcce")) == [0, 1]
+
+
+def test_run_settings_come_from_the_top_level_keys():
+    import torch
+    from monai.bundle import ConfigParser
+
+    from monai_im.engines import RunSettings
+
+    parser = ConfigParser()
+    parser.read_config(TRAIN)
+    parser.update({"precision": "fp32", "inference_precision": "bf16", "compile": False, "device": "$'cpu'"})
+    settings = parser.get_parsed_content("run_settings")
+    assert settings == RunSettings(precision="fp32", inference_precision="bf16", channels_last=True)
+    assert parser["study"]["run_settings"] == "@run_settings" and "amp" not in parser["study"]
+    net = parser.get_parsed_content("network").eval()
+    assert net.forward.settings is settings
+    assert net(torch.rand(1, 1, 32, 32)).dtype == torch.float32

@@ -230,3 +230,43 @@ def test_missing_dataset_stops_at_once_with_instructions(tmp_path):
     message = str(err.value)
     assert "nowhere" in message and "prepare_isic2018.py" in message and "demo.json" in message
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("inference_precision", ["auto", "fp32"])
+def test_bundle_inference_runs_the_network_with_run_settings(tmp_path, monkeypatch, inference_precision):
+    """inference.json's evaluator runs the network prepared by train.json's run_settings."""
+    import torch
+    from monai.bundle import run
+
+    from monai_im.engines import RunSettings
+    from monai_im.networks import IMUNet
+
+    seen: list[tuple] = []
+    real_forward = IMUNet.forward
+
+    def spy(self, x):
+        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
+        seen.append((self.training, dtype, x.is_contiguous(memory_format=torch.channels_last)))
+        return real_forward(self, x)
+
+    monkeypatch.setattr(IMUNet, "forward", spy)
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "model.pt"
+    torch.save(IMUNet(2, 3, 1, alpha=0.5).state_dict(), checkpoint)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(
+        inputs / "a.png"
+    )
+    run(
+        config_file=[TRAIN, str(REPO / "bundles/isic_im/configs/inference.json")],
+        logging_file=False,
+        input_dir=str(inputs),
+        output_dir=str(tmp_path / "out"),
+        checkpoint=str(checkpoint),
+        image_size=[32, 32],
+        inference_precision=inference_precision,
+    )
+    assert (tmp_path / "out" / "a_mask.png").is_file()
+    expected = RunSettings(inference_precision=inference_precision).dtype("cpu", training=False)
+    assert seen and all(s == (False, expected, True) for s in seen), seen
