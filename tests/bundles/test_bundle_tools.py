@@ -98,7 +98,9 @@ def test_inference_refuses_to_overwrite_inputs_before_writing(bundle, tmp_path, 
             image_size=[32, 32],
             output_postfix="_mask",
         )
-    assert "a_mask.png" in str(err.value) and "\n" not in str(err.value).strip().splitlines()[0]
+    lines = str(err.value).splitlines()
+    assert lines and all(line.startswith("error: ") for line in lines)
+    assert any("a_mask.png" in line and "overwrite the input" in line for line in lines)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before, "nothing written or changed"
 
 
