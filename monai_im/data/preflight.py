@@ -104,11 +104,13 @@ def read_facts(path: str | os.PathLike, with_values: bool = False) -> FileFacts:
         facts.value_range = list(bounds) if bounds is not None else None
     except ValueError as e:
         facts.range_error = str(e).split(": ", 1)[-1]
-    tf = t.to(torch.float64) if not t.is_floating_point() else t
-    facts.finite = bool(torch.isfinite(tf).all()) if t.is_floating_point() else True
-    finite = tf[torch.isfinite(tf)] if not facts.finite else tf
-    if finite.numel():
-        facts.minimum, facts.maximum = float(finite.min()), float(finite.max())
+    values = t.to(torch.uint8) if t.dtype == torch.bool else t  # integer min/max without a float copy
+    if t.is_floating_point():
+        facts.finite = bool(torch.isfinite(t).all())
+        if not facts.finite:
+            values = t[torch.isfinite(t)]
+    if values.numel():
+        facts.minimum, facts.maximum = float(values.min()), float(values.max())
     if with_values:
         facts.values, facts.num_values = distinct_values(t, MAX_VALUES)
         if t.shape[0] in (3, 4):

@@ -172,3 +172,16 @@ def test_bundle_entry_point_turns_malformed_datalists_into_one_line(tmp_path):
     with pytest.raises(SystemExit) as err:
         load_checked_datalist(root, DatasetCheck(progress=False))
     assert "labeled[0]" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_one_bit_masks_pass_and_nan_images_are_refused(tmp_path):
+    root = dataset(tmp_path / "d")
+    bits = np.zeros((8, 8), bool)
+    bits[1:4, 1:4] = True
+    Image.fromarray(bits).save(root / "lab0.png")  # PIL mode "1"
+    Image.fromarray(np.full((8, 8), np.nan, np.float32)).save(root / "img1.tif")
+    dl = json.loads((root / "datalist.json").read_text())
+    dl["validation"][0]["image"] = "img1.tif"
+    (root / "datalist.json").write_text(json.dumps(dl))
+    problems = check(root, intensity_range=[0, 1])
+    assert len(problems) == 1 and "img1.tif" in problems[0] and "NaN" in problems[0]
