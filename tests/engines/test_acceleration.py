@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import logging
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +12,7 @@ from monai.handlers import from_engine
 from monai.transforms import Activationsd, AsDiscreted, Compose
 
 import monai_im.engines.acceleration as acc
-from monai_im.data import load_datalist, make_isic_like_dataset
+from monai_im.data import load_datalist
 from monai_im.engines import (
     InconsistencyMaskStrategy,
     RunSettings,
@@ -264,15 +263,6 @@ def test_bf16_pseudo_labels_agree_with_fp32():
 
 
 # ------------------------------------------------------------------------------------- a whole study
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("acceleration") / "data"
-    make_isic_like_dataset(
-        root, num_train=8, num_val=2, num_test=2, size=16, labeled_fraction=0.5, seed=1, progress=False
-    )
-    return root
-
-
 def test_study_runs_every_forward_pass_with_the_policy(tiny_data, tmp_path, monkeypatch):
     import monai_im.engines.pseudo_label as pl_mod
 

@@ -13,7 +13,7 @@ import torch
 from monai.handlers import from_engine
 from monai.transforms import Activationsd, AsDiscreted, Compose
 
-from monai_im.data import load_datalist, make_isic_like_dataset
+from monai_im.data import load_datalist
 from monai_im.engines import (
     InconsistencyMaskStrategy,
     LabeledOnlyStrategy,
@@ -27,16 +27,6 @@ from monai_im.losses import MaskedDiceCELoss
 from monai_im.metrics import PerImageIoU
 from monai_im.networks import IMUNet
 from monai_im.transforms import image_segmentation_transforms
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> Path:
-    """16 x 16 ISIC-like images: 4 labeled, 4 unlabeled, 2 validation, 2 test."""
-    root = tmp_path_factory.mktemp("study_folder") / "data"
-    make_isic_like_dataset(
-        root, num_train=8, num_val=2, num_test=2, size=16, labeled_fraction=0.5, seed=1, progress=False
-    )
-    return root
 
 
 def make_study(data: Path, output_dir: Path, **kwargs) -> SelfTrainingStudy:
