@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+import inspect
+from collections.abc import Callable
+from typing import Any, TypeVar
 
-__all__ = ["as_bool"]
+__all__ = ["as_bool", "find_on_stack"]
+
+T = TypeVar("T")
 
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off", "none", ""}
@@ -28,3 +32,23 @@ def as_bool(value: Any, name: str = "value") -> bool:
     if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
         return value.strip().lower() in _TRUE
     raise ValueError(f"{name} must be true or false, got {value!r}")
+
+
+def find_on_stack(pick: Callable[[Any], T | None]) -> T | None:
+    """The first non-None ``pick(value)`` over the local variables of the callers, innermost first.
+
+    Bundle code uses it to find the running ``monai.bundle`` workflow or its config parser, which
+    MONAI does not hand to the components it builds.
+    """
+    frame = inspect.currentframe()
+    try:
+        frame = frame.f_back if frame is not None else None
+        while frame is not None:
+            for value in list(frame.f_locals.values()):
+                found = pick(value)
+                if found is not None:
+                    return found
+            frame = frame.f_back
+    finally:
+        del frame
+    return None

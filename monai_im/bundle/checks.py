@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import inspect
 import os
 import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+
+from monai_im.utils import find_on_stack
 
 __all__ = ["METADATA_SCHEMA", "bundle_root", "check_bundle", "main"]
 
@@ -27,17 +28,14 @@ def bundle_root(default: str = ".") -> str:
     """
     from monai.bundle import ConfigWorkflow
 
-    frame = inspect.currentframe()
-    try:
-        while frame is not None:
-            for value in frame.f_locals.values():
-                if isinstance(value, ConfigWorkflow) and isinstance(value.config_root_path, Path):
-                    root = value.config_root_path
-                    return str(root.parent if root.name == "configs" else root)
-            frame = frame.f_back
-    finally:
-        del frame
-    return default
+    def workflow_root(value: object) -> str | None:
+        if isinstance(value, ConfigWorkflow) and isinstance(value.config_root_path, Path):
+            root = value.config_root_path
+            return str(root.parent if root.name == "configs" else root)
+        return None
+
+    found = find_on_stack(workflow_root)
+    return found if found is not None else default
 
 
 def _configs(bundle: Path, *names: str) -> list[str]:

@@ -24,6 +24,7 @@ from typing import Any
 
 from monai_im.constants import IM_MODES
 from monai_im.io import atomic_write_json, load_json
+from monai_im.transforms.array import converts_channels
 from monai_im.transforms.encoding import (
     Image2DReader,
     IntensityRange,
@@ -236,7 +237,7 @@ class DatasetCheck:
                 f"this task takes {self.spatial_dims}D images"
             )
         c, want = f.shape[0], self.in_channels
-        if not (c == want or c == 1 or (c == 4 and want == 3) or (c == 3 and want == 1)):
+        if not converts_channels(c, want):
             return f"image has {c} channels; the network takes {want}"
         if not f.finite:
             return "image holds NaN or infinite values"

@@ -68,21 +68,15 @@ def find_bundle_config() -> dict | None:
     Looks for the bundle's ``ConfigParser`` up the call stack (``python -m monai.bundle run`` and
     ``ConfigWorkflow`` both hold one), so that the executed config can be logged as it ran.
     """
-    import inspect
-
     from monai.bundle import ConfigParser
 
-    frame = inspect.currentframe()
-    try:
-        while frame is not None:
-            for value in frame.f_locals.values():
-                parser = value if isinstance(value, ConfigParser) else getattr(value, "parser", None)
-                if isinstance(parser, ConfigParser):
-                    return parser.get()
-            frame = frame.f_back
-    finally:
-        del frame
-    return None
+    from monai_im.utils import find_on_stack
+
+    def parser_config(value: object) -> dict | None:
+        parser = value if isinstance(value, ConfigParser) else getattr(value, "parser", None)
+        return parser.get() if isinstance(parser, ConfigParser) else None
+
+    return find_on_stack(parser_config)
 
 
 def first_line(e: BaseException, limit: int = 200) -> str:

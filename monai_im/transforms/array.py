@@ -30,7 +30,13 @@ from monai_im.transforms.functional import (
     mask_label,
 )
 
-__all__ = ["InconsistencyMask", "ApplyInconsistencyMask", "AcceptPseudoLabel", "EnsureNumChannels"]
+__all__ = [
+    "InconsistencyMask",
+    "ApplyInconsistencyMask",
+    "AcceptPseudoLabel",
+    "EnsureNumChannels",
+    "converts_channels",
+]
 
 #: ITU-R BT.601 luma weights used to turn RGB into one grey channel.
 LUMINANCE_WEIGHTS: tuple[float, float, float] = (0.299, 0.587, 0.114)
@@ -237,6 +243,11 @@ class AcceptPseudoLabel(Transform):
             max_im_fraction=self.max_im_fraction,
         )
         return bool(accepted[0])
+
+
+def converts_channels(channels: int, num_channels: int) -> bool:
+    """Whether :class:`EnsureNumChannels` turns ``channels`` channels into ``num_channels``."""
+    return channels in (num_channels, 1) or (channels, num_channels) in ((4, 3), (3, 1))
 
 
 class EnsureNumChannels(Transform):

@@ -3,8 +3,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
+from monai.handlers import from_engine
+from monai.transforms import Activationsd, AsDiscreted, Compose
 
-from monai_im.data import make_isic_like_dataset
+from monai_im.data import load_datalist, make_isic_like_dataset
+from monai_im.engines import InconsistencyMaskStrategy, SelfTrainingStudy
+from monai_im.losses import MaskedDiceCELoss
+from monai_im.metrics import PerImageIoU
+from monai_im.networks import IMUNet
+from monai_im.transforms import image_segmentation_transforms
 
 
 @pytest.fixture(scope="module")
@@ -15,3 +23,38 @@ def tiny_data(tmp_path_factory) -> Path:
         root, num_train=8, num_val=2, num_test=2, size=16, labeled_fraction=0.5, seed=1, progress=False
     )
     return root
+
+
+def _make_study(data: Path, output_dir: Path, **kwargs) -> SelfTrainingStudy:
+    """A tiny IM study on ``data`` (1 epoch, 2 students, CPU); ``kwargs`` override its options."""
+    pre = image_segmentation_transforms((16, 16), num_channels=3)
+    options = {
+        "network": lambda: IMUNet(2, 3, 1, alpha=0.25),
+        "strategy": InconsistencyMaskStrategy(min_foreground=0, foreground_exceeds_im=False),
+        "num_students": 2,
+        "num_teachers": 2,
+        "num_generations": 0,
+        "epochs": 1,
+        "batch_size": 4,
+        "device": "cpu",
+        "progress": False,
+        **kwargs,
+    }
+    return SelfTrainingStudy(
+        load_datalist(data),
+        output_dir,
+        optimizer=lambda p: torch.optim.AdamW(p, 1e-3),
+        loss_function=MaskedDiceCELoss(mode="binary"),
+        train_transforms=pre,
+        eval_transforms=pre,
+        infer_transforms=pre,
+        key_metric={"iou": PerImageIoU(output_transform=from_engine(["pred", "label"]))},
+        postprocessing=Compose([Activationsd("pred", sigmoid=True), AsDiscreted("pred", threshold=0.5)]),
+        **options,
+    )
+
+
+@pytest.fixture
+def make_study():
+    """The factory of tiny studies shared by the engine tests."""
+    return _make_study

@@ -8,22 +8,16 @@ import shutil
 
 import pytest
 import torch
-from monai.handlers import from_engine
-from monai.transforms import Activationsd, AsDiscreted, Compose
 
 import monai_im.engines.acceleration as acc
-from monai_im.data import load_datalist
 from monai_im.engines import (
     InconsistencyMaskStrategy,
     RunSettings,
-    SelfTrainingStudy,
     cpu_supports_bf16,
     ensemble_predict,
 )
 from monai_im.losses import MaskedDiceCELoss
-from monai_im.metrics import PerImageIoU
 from monai_im.networks import IMUNet
-from monai_im.transforms import image_segmentation_transforms
 
 CL = torch.channels_last
 BF16 = torch.bfloat16 if cpu_supports_bf16() else None  # what "bf16" resolves to on this CPU
@@ -263,7 +257,7 @@ def test_bf16_pseudo_labels_agree_with_fp32():
 
 
 # ------------------------------------------------------------------------------------- a whole study
-def test_study_runs_every_forward_pass_with_the_policy(tiny_data, tmp_path, monkeypatch):
+def test_study_runs_every_forward_pass_with_the_policy(make_study, tiny_data, tmp_path, monkeypatch):
     import monai_im.engines.pseudo_label as pl_mod
 
     real_predict = pl_mod.ensemble_predict
@@ -278,26 +272,11 @@ def test_study_runs_every_forward_pass_with_the_policy(tiny_data, tmp_path, monk
     monkeypatch.setattr(pl_mod, "ensemble_predict", predict_in_phase)
     records: list[dict] = []
     settings = RunSettings(precision="bf16", inference_precision="bf16", channels_last=True)
-    pre = image_segmentation_transforms((16, 16), num_channels=3)
-    study = SelfTrainingStudy(
-        load_datalist(tiny_data),
+    study = make_study(
+        tiny_data,
         tmp_path / "study",
         network=lambda: SpyNet(records),
-        optimizer=lambda p: torch.optim.AdamW(p, 1e-3),
-        loss_function=MaskedDiceCELoss(mode="binary"),
-        train_transforms=pre,
-        eval_transforms=pre,
-        infer_transforms=pre,
-        key_metric={"iou": PerImageIoU(output_transform=from_engine(["pred", "label"]))},
-        postprocessing=Compose([Activationsd("pred", sigmoid=True), AsDiscreted("pred", threshold=0.5)]),
-        strategy=InconsistencyMaskStrategy(min_foreground=0, foreground_exceeds_im=False),
-        num_students=2,
-        num_teachers=2,
         num_generations=1,
-        epochs=1,
-        batch_size=4,
-        device="cpu",
-        progress=False,
         run_settings=settings,
     )
     study.run()

@@ -9,52 +9,15 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
-from monai.handlers import from_engine
-from monai.transforms import Activationsd, AsDiscreted, Compose
 
 from monai_im.data import load_datalist
 from monai_im.engines import (
-    InconsistencyMaskStrategy,
     LabeledOnlyStrategy,
-    SelfTrainingStudy,
     StudentResult,
     StudyLayout,
     StudyMismatchError,
     dataset_fingerprint,
 )
-from monai_im.losses import MaskedDiceCELoss
-from monai_im.metrics import PerImageIoU
-from monai_im.networks import IMUNet
-from monai_im.transforms import image_segmentation_transforms
-
-
-def make_study(data: Path, output_dir: Path, **kwargs) -> SelfTrainingStudy:
-    pre = image_segmentation_transforms((16, 16), num_channels=3)
-    options = {
-        "strategy": InconsistencyMaskStrategy(min_foreground=0, foreground_exceeds_im=False),
-        "num_students": 2,
-        "num_teachers": 2,
-        "num_generations": 0,
-        "epochs": 1,
-        "batch_size": 4,
-        "device": "cpu",
-        "progress": False,
-        **kwargs,
-    }
-    return SelfTrainingStudy(
-        load_datalist(data),
-        output_dir,
-        network=lambda: IMUNet(2, 3, 1, alpha=0.25),
-        optimizer=lambda p: torch.optim.AdamW(p, 1e-3),
-        loss_function=MaskedDiceCELoss(mode="binary"),
-        train_transforms=pre,
-        eval_transforms=pre,
-        infer_transforms=pre,
-        key_metric={"iou": PerImageIoU(output_transform=from_engine(["pred", "label"]))},
-        postprocessing=Compose([Activationsd("pred", sigmoid=True), AsDiscreted("pred", threshold=0.5)]),
-        **options,
-    )
 
 
 @pytest.fixture
@@ -208,7 +171,7 @@ def test_identity_check_names_the_folder_and_the_differing_fields(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------- whole studies
-def test_a_copied_study_resumes_from_its_own_files(tiny_data, tmp_path, count_training):
+def test_a_copied_study_resumes_from_its_own_files(make_study, tiny_data, tmp_path, count_training):
     original = tmp_path / "original"
     make_study(tiny_data, original, num_generations=1).run()
     assert count_training == [(0, 0), (0, 1), (1, 0), (1, 1)]
@@ -265,7 +228,7 @@ def test_a_copied_study_resumes_from_its_own_files(tiny_data, tmp_path, count_tr
 
 
 def test_another_study_is_refused_before_any_work_and_overwrite_starts_over(
-    tiny_data, tmp_path, count_training
+    make_study, tiny_data, tmp_path, count_training
 ):
     out = tmp_path / "runs" / "isic_im"
     make_study(tiny_data, out, num_students=1, num_teachers=1).run()
