@@ -201,8 +201,9 @@ def main(argv: list[str] | None = None) -> int:
         update_docs(args.docs, results)
     log(f"[done] {results['seconds']:.0f} s; results in {os.fspath(args.out)}")
     if "precision" in args.only:  # the last line of the output
-        from speed_precision import speedup_line
+        from speed_precision import fastest_settings_line, speedup_line
 
+        print(fastest_settings_line(results["benchmarks"]["precision"]), flush=True)
         print(speedup_line(results["benchmarks"]["precision"]), flush=True)
     return 0
 

@@ -66,3 +66,27 @@ def test_accuracy_schedule_runs_generation_zero_first_and_waits_for_it(accuracy,
     summary.write_text("{}")
     assert accuracy.ready(args, "IM (n=2)", 0) and accuracy.ready(args, "LDT", 0)
     assert not accuracy.ready(args, "LDT", 1)
+
+
+def test_speedup_line_names_the_fastest_setting_of_each_workload(scripts):
+    sp = scripts("speed_precision")
+
+    def workload(**speedups):
+        return {"variants": {name: {"speedup": s} for name, s in speedups.items()}}
+
+    def sizes(train, pseudo):
+        return {"training": workload(**train), "pseudo_labelling": workload(**pseudo)}
+
+    base = {sp.BASELINE: 1.0}
+    result = {
+        "sizes": {
+            "64": sizes({**base, sp.ALL: 9.0, sp.DEFAULTS: 9.0}, {**base, sp.ALL: 9.0, sp.DEFAULTS: 9.0}),
+            "256": sizes({**base, sp.ALL: 5.42, sp.DEFAULTS: 2.86}, {**base, sp.ALL: 4.06, sp.DEFAULTS: 5.77}),
+        }
+    }
+    assert sp.fastest(result, "training") == (sp.ALL, 5.42)
+    assert sp.fastest(result, "pseudo_labelling") == (sp.DEFAULTS, 5.77)
+    assert sp.speedup_line(result) == (
+        "speed-up at 256x256: training 5.42x, pseudo-labelling 5.77x (eager fp32 = 1.00x)"
+    )
+    assert "bundle defaults 2.86x" in sp.fastest_settings_line(result)

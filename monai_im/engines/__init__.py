@@ -1,9 +1,11 @@
-"""The self-training workflow: student training, ranking, pseudo-labelling and method strategies."""
+"""The self-training workflow: student training, ranking, pseudo-labelling, and the methods plugged into it."""
 
 from __future__ import annotations
 
 from monai_im.engines.acceleration import PRECISIONS, RunSettings, cpu_supports_bf16
 from monai_im.engines.inferers import AdaptiveInferer, ensemble_predict
+from monai_im.engines.concurrency import run_concurrently, student_dataset
+from monai_im.engines.events import StudyEventRegistry, StudyEvents
 from monai_im.engines.layout import StudyLayout, StudyMismatchError, dataset_fingerprint, study_identity
 from monai_im.engines.pseudo_label import FigureSample, PseudoLabeler, PseudoLabelResult
 from monai_im.engines.strategies import (
@@ -24,7 +26,8 @@ from monai_im.engines.student import (
     make_evaluator,
     train_student,
 )
-from monai_im.engines.study import OBSERVER_HOOKS, SelfTrainingStudy
+from monai_im.engines.methods import METHODS, GenerationContext, Method, build_method
+from monai_im.engines.study import TEACHER_POOLS, SelfTrainingStudy
 
 __all__ = [
     "PRECISIONS",
@@ -50,7 +53,15 @@ __all__ = [
     "make_evaluator",
     "train_student",
     "SelfTrainingStudy",
-    "OBSERVER_HOOKS",
+    "TEACHER_POOLS",
+    "StudyEvents",
+    "StudyEventRegistry",
+    "run_concurrently",
+    "student_dataset",
+    "Method",
+    "GenerationContext",
+    "METHODS",
+    "build_method",
     "StudyLayout",
     "StudyMismatchError",
     "dataset_fingerprint",

@@ -1,8 +1,8 @@
 """Batched ensemble pseudo-labelling of the unlabeled set, streamed to disk.
 
-The teachers predict each batch once; the strategy turns the stacked probabilities into
-pseudo-labels (and an Inconsistency Mask); accepted pairs are written as PNG files while
-the next batch is computed. Nothing of the unlabeled set is held in memory beyond one batch,
+The teachers predict each batch once (:meth:`Method.predict`); the method turns the stacked
+probabilities into pseudo-labels (and an Inconsistency Mask, and a quality score); accepted pairs
+are written as PNG files while the next batch is computed, and the IM figure beside them. Nothing of the unlabeled set is held in memory beyond one batch,
 and the output folder appears only once it is complete (see :func:`monai_im.io.atomic_directory`).
 """
 
@@ -22,8 +22,7 @@ from monai.utils import convert_to_tensor
 
 from monai_im.data.datalist import write_datalist
 from monai_im.engines.acceleration import RunSettings, resolve_run_settings
-from monai_im.engines.inferers import ensemble_predict
-from monai_im.engines.strategies import PseudoLabelStrategy
+from monai_im.engines.methods import Method
 from monai_im.io import atomic_directory, atomic_write_json, load_json, save_png
 from monai_im.progress import progress_bar
 from monai_im.transforms import mask_image
@@ -67,6 +66,11 @@ class PseudoLabelResult:
     figure: FigureSample | None = None
     output_dir: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    figure_path: str | None = None
+
+    #: entries of a pseudo-label datalist row that are file paths (the others, e.g. ``score``, are values)
+    PATH_KEYS = ("image", "label", "im")
+    FIGURE = "im_figure.png"
 
     @classmethod
     def load(cls, folder: str | os.PathLike) -> PseudoLabelResult | None:
@@ -79,8 +83,14 @@ class PseudoLabelResult:
         if not ((folder / "datalist.json").is_file() and (folder / "stats.json").is_file()):
             return None
         rows = load_json(folder / "datalist.json")["pseudo_labeled"]
-        items = [{k: str(folder / v) for k, v in row.items()} for row in rows]
-        return cls(items=items, stats=load_json(folder / "stats.json"), output_dir=str(folder))
+        items = [{k: str(folder / v) if k in cls.PATH_KEYS else v for k, v in row.items()} for row in rows]
+        figure = folder / cls.FIGURE
+        return cls(
+            items=items,
+            stats=load_json(folder / "stats.json"),
+            output_dir=str(folder),
+            figure_path=str(figure) if figure.is_file() else None,
+        )
 
 
 def _uid(item: Mapping[str, Any], index: int) -> str:
@@ -92,7 +102,8 @@ class PseudoLabeler:
     """Pseudo-label an unlabeled set with an ensemble of teachers.
 
     Args:
-        strategy: turns stacked teacher probabilities into :class:`PseudoLabels`.
+        strategy: the method (:class:`monai_im.engines.methods.Method`): how teachers predict a batch and
+            how their stacked probabilities become :class:`PseudoLabels`.
         inferer: how a network is applied to a batch (e.g. :class:`AdaptiveInferer`); None = direct call.
         device: where the teachers run.
         batch_size: images per ensemble forward pass.
@@ -112,7 +123,7 @@ class PseudoLabeler:
 
     def __init__(
         self,
-        strategy: PseudoLabelStrategy,
+        strategy: Method,
         inferer: Callable | None = None,
         device: str | torch.device = "cpu",
         batch_size: int = 32,
@@ -148,6 +159,7 @@ class PseudoLabeler:
         transform: Callable,
         output_dir: str | os.PathLike,
         description: str = "pseudo-labelling",
+        extra_stats: Mapping[str, float] | None = None,
     ) -> PseudoLabelResult:
         """Pseudo-label the unlabeled ``items`` and write the accepted pairs under ``output_dir``.
 
@@ -159,6 +171,11 @@ class PseudoLabeler:
             transform: dictionary transforms giving the network input under ``image`` (and ``label``).
             output_dir: created atomically: it exists only when every batch has been written.
             description: the progress bar's label.
+            extra_stats: statistics of the method's preparation (e.g. its quality estimator), stored with
+                the pseudo-label statistics.
+
+        The IM figure (:class:`FigureSample`) of the first images is drawn into the folder as
+        ``im_figure.png``; a method's quality scores go into the datalist as ``score``.
         """
         from monai.data import DataLoader, Dataset
 
@@ -180,6 +197,7 @@ class PseudoLabeler:
         }
         quality: list[float] = []
         quality_kept: list[float] = []
+        scores: list[torch.Tensor] = []
         figure: FigureSample | None = None
         items: list[dict[str, Any]] = []
         output_dir = Path(output_dir)
@@ -192,9 +210,9 @@ class PseudoLabeler:
             for batch in bar:
                 images = convert_to_tensor(batch["image"], track_meta=False).to(self.device)
                 probs = self.strategy.activation(
-                    ensemble_predict(teachers, images, self.inferer), channel_dim=2
+                    self.strategy.predict(teachers, images, self.inferer), channel_dim=2
                 )
-                result = self.strategy(probs)
+                result = self.strategy(probs, images)
                 im = result.im
                 masked = images if im is None else mask_image(images, im, self.fill_value)
                 n = images.shape[0]
@@ -206,6 +224,8 @@ class PseudoLabeler:
                 totals["accepted"] += int(accepted.sum())
                 totals["im_fraction_sum"] += float(im_frac.sum())
                 totals["im_fraction_kept_sum"] += float(im_frac[accepted].sum())
+                if result.score is not None:
+                    scores.append(torch.stack([result.score.float(), accepted.float()]).cpu())
                 if "label" in batch and self.strategy.mode != "multiclass":
                     truth = convert_to_tensor(batch["label"], track_meta=False).to(self.device) > 0
                     iou = self._agreement(result.label > 0, truth, im)
@@ -221,13 +241,32 @@ class PseudoLabeler:
                 bar.set_postfix(kept=f"{int(totals['accepted'])}/{int(totals['images'])}", refresh=False)
             for f in pending:
                 f.result()
-            stats = self._stats(totals, quality, quality_kept)
+            stats = {**self._stats(totals, quality, quality_kept), **self._score_stats(scores)}
+            stats.update({k: float(v) for k, v in (extra_stats or {}).items()})
+            figure_path = figure.plot(tmp / PseudoLabelResult.FIGURE) if figure is not None else None
             write_datalist(
                 tmp / "datalist.json", {"pseudo_labeled": [self._relative(it, tmp) for it in items]}
             )
             atomic_write_json(tmp / "stats.json", stats)
         final = [self._move(it, tmp, output_dir) for it in items]
-        return PseudoLabelResult(items=final, stats=stats, figure=figure, output_dir=str(output_dir))
+        return PseudoLabelResult(
+            items=final,
+            stats=stats,
+            figure=figure,
+            output_dir=str(output_dir),
+            figure_path=str(output_dir / figure_path.name) if figure_path is not None else None,
+        )
+
+    @staticmethod
+    def _score_stats(scores: list[torch.Tensor]) -> dict[str, float]:
+        """Mean quality score of all and of the kept pseudo-labels (methods that score them)."""
+        if not scores:
+            return {}
+        score, kept = torch.cat(scores, dim=1)
+        out = {"score_mean": float(score.mean())}
+        if kept.any():
+            out["score_kept_mean"] = float(score[kept > 0].mean())
+        return out
 
     @staticmethod
     def _agreement(pred: torch.Tensor, truth: torch.Tensor, im: torch.Tensor | None) -> torch.Tensor:
@@ -287,6 +326,7 @@ class PseudoLabeler:
         imgs = (masked[idx].float() * self.image_scale).cpu().numpy()
         labels = (result.label[idx].float() * self.label_scale).cpu().numpy()
         ims = (result.im[idx].float() * 255).cpu().numpy() if result.im is not None else None
+        score = result.score[idx].float().cpu().tolist() if result.score is not None else None
         write = functools.partial(save_png, compress_level=self.compress_level)
         futures = []
         for j, i in enumerate(idx):
@@ -300,13 +340,17 @@ class PseudoLabeler:
             if ims is not None:
                 entry["im"] = str(root / "ims" / f"{uid}.png")
                 futures.append(pool.submit(write, entry["im"], ims[j]))
+            if score is not None:
+                entry["score"] = round(float(score[j]), 6)
             items.append(entry)
         return futures
 
     @staticmethod
     def _relative(item: Mapping[str, Any], root: Path) -> dict[str, Any]:
-        return {k: os.path.relpath(v, root) for k, v in item.items()}
+        keys = PseudoLabelResult.PATH_KEYS
+        return {k: os.path.relpath(v, root) if k in keys else v for k, v in item.items()}
 
     @staticmethod
     def _move(item: Mapping[str, Any], old: Path, new: Path) -> dict[str, Any]:
-        return {k: str(new / os.path.relpath(v, old)) for k, v in item.items()}
+        keys = PseudoLabelResult.PATH_KEYS
+        return {k: str(new / os.path.relpath(v, old)) if k in keys else v for k, v in item.items()}

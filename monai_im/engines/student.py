@@ -143,13 +143,16 @@ def train_student(
     extra_handlers: Sequence[Any] = (),
     progress: bool = True,
     run_settings: RunSettings | None = None,
+    iteration_update: Callable | None = None,
 ) -> StudentResult:
     """Train one student from scratch and keep its best checkpoint on the validation key metric.
 
     The checkpoint is written as ``<save_dir>/model.pt`` (a state dict, atomically, by MONAI's
     CheckpointSaver) whenever the key metric improves. The network is prepared with ``run_settings``
     (default :class:`RunSettings` ()): training steps run at its training precision, validation at its
-    inference precision; ``amp`` is a deprecated alias.
+    inference precision; ``amp`` is a deprecated alias. ``iteration_update`` replaces MONAI's supervised
+    step (``SupervisedTrainer(iteration_update=...)``, e.g. a consistency-loss step); its output dict must
+    hold the ``loss``.
 
     Returns:
         The best validation key metric, its epoch, the checkpoint path and the per-epoch history.
@@ -187,6 +190,7 @@ def train_student(
         optimizer=optimizer,
         loss_function=loss_function,
         decollate=False,
+        iteration_update=iteration_update,
         **settings.trainer_amp(device),
         train_handlers=[ValidationHandler(interval=val_interval, validator=evaluator, epoch_level=True)],
     )

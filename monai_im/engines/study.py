@@ -3,7 +3,7 @@
 One :class:`SelfTrainingStudy` runs a whole study from bundle JSON: generation 0 trains
 ``num_students`` students on the labeled set; each later generation ranks the previous
 students on the validation key metric, takes the top ``num_teachers`` as teachers, lets
-the strategy pseudo-label the unlabeled set, and trains new students from scratch on
+the method pseudo-label the unlabeled set, and trains new students from scratch on
 labeled + pseudo-labeled data. The best student of every generation is scored on the
 test set.
 
@@ -13,8 +13,10 @@ finished generations (``summary.json``) are never redone, so running the same co
 interruption continues where the study stopped, also in a moved or copied folder. ``study.json``
 records what the folder holds; a run of another study into it stops before any work.
 
-Observers (e.g. :class:`monai_im.handlers.MLflowStudyHandler`) are told what happens through
-the hooks listed in :data:`OBSERVER_HOOKS`; they watch the flow and never steer it.
+The method (:class:`monai_im.engines.methods.Method`) decides, through its hooks, everything in which
+methods differ (teachers, pseudo-labels, training items, augmentation, student networks, the training
+step); no method is named in this loop. Handlers (e.g. :class:`monai_im.handlers.MLflowStudyHandler`)
+observe the :class:`monai_im.engines.events.StudyEvents` they register for; they never steer the flow.
 """
 
 from __future__ import annotations
@@ -32,29 +34,23 @@ from monai.transforms import Compose
 from monai.utils import set_determinism
 
 from monai_im.engines.acceleration import RunSettings, resolve_run_settings
+from monai_im.engines.concurrency import run_concurrently, student_dataset
+from monai_im.engines.events import StudyEventRegistry, StudyEvents
 from monai_im.engines.layout import StudyLayout, StudyMismatchError, study_identity
+from monai_im.engines.methods import GenerationContext, InconsistencyMask, Method
 from monai_im.engines.pseudo_label import PseudoLabeler, PseudoLabelResult
-from monai_im.engines.strategies import InconsistencyMaskStrategy, PseudoLabelStrategy
 from monai_im.engines.student import StudentResult, build_network, load_weights, make_evaluator, train_student
 from monai_im.io import atomic_write_bytes
 
-__all__ = ["SelfTrainingStudy", "OBSERVER_HOOKS"]
+__all__ = ["SelfTrainingStudy", "TEACHER_POOLS"]
 
 logger = logging.getLogger("monai_im")
 
-#: Hooks an observer may implement: ``hook(study, **kwargs)``.
-OBSERVER_HOOKS = (
-    "study_started",  # (study)
-    "generation_started",  # (study, generation)
-    "student_started",  # (study, generation, index, trainer)  -- attach epoch handlers here
-    "student_finished",  # (study, result: StudentResult, resumed: bool)
-    "pseudo_labels_ready",  # (study, generation, result: PseudoLabelResult, figure: Path | None, resumed: bool)
-    "generation_finished",  # (study, summary: dict, resumed: bool)
-    "study_finished",  # (study, summaries: list[dict])
-)
+#: Where teachers come from: the previous generation's students, or every generation's so far.
+TEACHER_POOLS = ("last", "all")
 
 
-class SelfTrainingStudy:
+class SelfTrainingStudy(StudyEventRegistry):
     """A whole self-training study (generation 0, pseudo-labelling, generations 1..G).
 
     Args:
@@ -70,10 +66,14 @@ class SelfTrainingStudy:
         key_metric: ``{name: metric handler}``; the validation key metric (logged as ``val_<name>``) that
             ranks students and picks checkpoints; the test metrics are ``test_<name>``.
         additional_metrics: further ``{name: metric handler}`` computed on validation and test.
-        strategy: the pseudo-labelling method (default: Inconsistency Masks, binary).
+        method: the self-training method (:mod:`monai_im.engines.methods`; default: Inconsistency Masks,
+            binary). ``strategy`` is its former name.
         postprocessing: evaluator post-processing (activation + discretisation of ``pred``).
         num_students: students per generation (K).
-        num_teachers: teachers per generation (n, the top-n students of the previous generation).
+        num_teachers: teachers per generation (n, the top-n students; a method may use fewer, see
+            :meth:`Method.teacher_count`).
+        teacher_pool: ``"last"``: teachers are the previous generation's best students (the paper);
+            ``"all"``: the best of every generation so far, ranked on the same validation metric.
         num_generations: generations after generation 0 (G).
         epochs: training epochs per student.
         min_steps: a floor on the optimiser steps of every student (0 = none): a student whose training
@@ -93,8 +93,13 @@ class SelfTrainingStudy:
         higher_is_better: direction of the key metric (False for errors such as MCCE).
         num_workers: DataLoader workers.
         cache_rate: fraction of each dataset cached in memory after the deterministic transforms.
-        pseudo_labeler: options for :class:`PseudoLabeler` (fill_value, image_scale, label_scale, ...).
-        handlers: observers, e.g. an MLflow handler; each one's ``attach(study)`` is called.
+        pseudo_labeler: a :class:`PseudoLabeler` built elsewhere (its method is set to the study's), or
+            options for the one built here (fill_value, image_scale, label_scale, compress_level, ...).
+        concurrent_students: how many students of a generation train at the same time (threads, each
+            with its own CUDA stream on a GPU, its own copy of the random transforms and its own
+            seeds, so the results equal sequential training). 1 (default) trains one after the other,
+            the right choice on CPU, where the cores are already busy with one student.
+        handlers: e.g. an MLflow handler; each one's ``attach(study)`` registers for the events it observes.
         params: extra study parameters for tracking (dataset name, labeled fraction, image size, ...).
         progress: show progress bars.
         overwrite: start over when ``output_dir`` already holds a study: its files (``generation_*``,
@@ -115,7 +120,7 @@ class SelfTrainingStudy:
         infer_transforms: Callable,
         key_metric: Mapping[str, Any],
         additional_metrics: Mapping[str, Any] | None = None,
-        strategy: PseudoLabelStrategy | None = None,
+        method: Method | None = None,
         postprocessing: Callable | None = None,
         num_students: int = 5,
         num_teachers: int = 3,
@@ -132,23 +137,33 @@ class SelfTrainingStudy:
         higher_is_better: bool = True,
         num_workers: int = 0,
         cache_rate: float = 1.0,
-        pseudo_labeler: Mapping[str, Any] | None = None,
+        pseudo_labeler: PseudoLabeler | Mapping[str, Any] | None = None,
         handlers: Sequence[Any] = (),
         params: Mapping[str, Any] | None = None,
         progress: bool = True,
         overwrite: bool = False,
+        teacher_pool: str = "last",
+        concurrent_students: int = 1,
+        strategy: Method | None = None,
     ) -> None:
+        super().__init__()
         if len(key_metric) != 1:
             raise ValueError(f"key_metric must hold exactly one metric, got {list(key_metric)}")
         if num_students < 1 or epochs < 1 or batch_size < 1 or num_generations < 0 or min_steps < 0:
             raise ValueError(
                 "num_students, epochs and batch_size must be >= 1, num_generations and min_steps >= 0"
             )
-        self.strategy = strategy if strategy is not None else InconsistencyMaskStrategy()
-        if self.strategy.makes_pseudo_labels and not 1 <= num_teachers <= num_students:
+        self.method = method if method is not None else strategy if strategy is not None else InconsistencyMask()
+        if self.method.has_generations and not 1 <= num_teachers <= num_students:
             raise ValueError(f"num_teachers must be in 1..num_students ({num_students}), got {num_teachers}")
-        if self.strategy.makes_pseudo_labels and num_generations > 0 and not datalist.get("unlabeled"):
+        if self.method.has_generations and num_generations > 0 and not datalist.get("unlabeled"):
             raise ValueError("the datalist has no 'unlabeled' images to pseudo-label")
+        if teacher_pool not in TEACHER_POOLS:
+            raise ValueError(f"teacher_pool must be one of {TEACHER_POOLS}, got {teacher_pool!r}")
+        if int(concurrent_students) < 1:
+            raise ValueError(f"concurrent_students must be >= 1, got {concurrent_students}")
+        self.teacher_pool = teacher_pool
+        self.concurrent_students = int(concurrent_students)
         if not datalist.get("labeled") or not datalist.get("validation"):
             raise ValueError("the datalist needs 'labeled' and 'validation' entries")
         self.datalist = datalist
@@ -168,7 +183,7 @@ class SelfTrainingStudy:
         self.postprocessing = postprocessing
         self.num_students = num_students
         self.num_teachers = num_teachers
-        self.num_generations = num_generations if self.strategy.makes_pseudo_labels else 0
+        self.num_generations = num_generations if self.method.has_generations else 0
         self.epochs = epochs
         self.min_steps = min_steps
         self.batch_size = batch_size
@@ -184,41 +199,38 @@ class SelfTrainingStudy:
         self.higher_is_better = higher_is_better
         self.num_workers = num_workers
         self.cache_rate = cache_rate
-        self.pseudo_labeler = PseudoLabeler(
-            self.strategy,
-            inferer=inferer,
-            device=self.device,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            run_settings=self.run_settings,
-            progress=progress,
-            **dict(pseudo_labeler or {}),
-        )
+        if isinstance(pseudo_labeler, PseudoLabeler):
+            pseudo_labeler.strategy = self.method
+            self.pseudo_labeler = pseudo_labeler
+        else:
+            self.pseudo_labeler = PseudoLabeler(
+                self.method,
+                inferer=inferer,
+                device=self.device,
+                batch_size=batch_size,
+                num_workers=num_workers,
+                run_settings=self.run_settings,
+                progress=progress,
+                **dict(pseudo_labeler or {}),
+            )
         self.params = dict(params or {})
         self.progress = progress
-        self.observers: list[Any] = []
         self._val_loader: DataLoader | None = None
         self._test_loader: DataLoader | None = None
         for h in handlers:
             h.attach(self)
-        if num_generations > 0 and not self.strategy.makes_pseudo_labels:
-            logger.info(f"method '{self.strategy.name}' makes no pseudo-labels: only generation 0 runs")
+        if num_generations > 0 and not self.method.has_generations:
+            logger.info(f"method '{self.method.name}' has no later generations: only generation 0 runs")
 
-    # ------------------------------------------------------------------ observers
-    def add_observer(self, observer: Any) -> None:
-        """Register an observer; it is told of the study's progress through :data:`OBSERVER_HOOKS`."""
-        self.observers.append(observer)
-
-    def _notify(self, hook: str, **kwargs: Any) -> None:
-        for obs in self.observers:
-            fn = getattr(obs, hook, None)
-            if fn is not None:
-                fn(self, **kwargs)
+    @property
+    def strategy(self) -> Method:
+        """The former name of :attr:`method`."""
+        return self.method
 
     def describe(self) -> dict[str, Any]:
         """The study's parameters (for tracking and the run summary)."""
         return {
-            **self.strategy.describe(),
+            **self.method.describe(),
             "students": self.num_students,
             "teachers": self.num_teachers,
             "generations": self.num_generations,
@@ -261,8 +273,10 @@ class SelfTrainingStudy:
             "key_metric": self.key_metric_name,
             "params": self.params,
         }
-        desc = self.strategy.describe()
-        return study_identity(self.strategy.name, desc, self.seed, protocol, self.datalist)
+        if self.teacher_pool != "last":  # absent from folders of earlier versions: they keep their identity
+            protocol["teacher_pool"] = self.teacher_pool
+        desc = self.method.describe()
+        return study_identity(self.method.name, desc, self.seed, protocol, self.datalist)
 
     def prepare_output_dir(self) -> None:
         """Check (or, with ``overwrite``, clear) ``output_dir``, remove leftovers of interrupted writes
@@ -308,87 +322,164 @@ class SelfTrainingStudy:
             self._test_loader = self._loader(self.datalist["test"], self.eval_transforms)
         return self._test_loader
 
+    def unlabeled_loader(self, seed: int) -> DataLoader:
+        """A shuffled loader over the unlabeled images (``image``), for methods with their own step."""
+        items = [{"image": it["image"]} for it in self.datalist.get("unlabeled", [])]
+        if not items:
+            raise ValueError("the datalist has no 'unlabeled' images")
+        return DataLoader(
+            self._dataset(items, self.infer_transforms),
+            batch_size=self.batch_size,
+            shuffle=True,
+            num_workers=self.num_workers,
+            generator=torch.Generator().manual_seed(seed),
+            drop_last=len(items) > self.batch_size,
+        )
+
     # ------------------------------------------------------------------ steps
     def rank(self, results: Sequence[StudentResult]) -> list[StudentResult]:
         """Students sorted best first on the validation key metric."""
         return sorted(results, key=lambda r: r.best_metric, reverse=self.higher_is_better)
 
-    def load_student(self, result: StudentResult) -> torch.nn.Module:
-        net = self.run_settings.prepare_network(build_network(self.network), self.device)
-        return load_weights(net, result.checkpoint, self.device).eval()
+    def choose_teachers(self, generations: Sequence[Sequence[StudentResult]]) -> list[StudentResult]:
+        """The teachers of the next generation from the students of the generations so far (oldest first):
+        the method's number of them, from the last generation or from all (``teacher_pool``)."""
+        pool = generations[-1] if self.teacher_pool == "last" else [s for g in generations for s in g]
+        return self.rank(pool)[: self.method.teacher_count(self.num_teachers)]
 
-    def pseudo_label(
-        self, generation: int, teachers: Sequence[StudentResult]
-    ) -> tuple[PseudoLabelResult, Path | None, bool]:
+    def student_network(self, generation: int) -> torch.nn.Module:
+        """A new, prepared network of the students of ``generation`` (the method may widen it)."""
+        template = self.method.student_network(generation, self.network)
+        return self.run_settings.prepare_network(build_network(template), self.device)
+
+    def load_student(self, result: StudentResult) -> torch.nn.Module:
+        return load_weights(self.student_network(result.generation), result.checkpoint, self.device).eval()
+
+    def generation_context(self, generation: int, teachers: Sequence[StudentResult]) -> GenerationContext:
+        """What :meth:`Method.prepare_generation` gets: the loaded teachers, the data and the settings."""
+        return GenerationContext(
+            generation=generation,
+            teachers=[self.load_student(t) for t in teachers],
+            teacher_results=list(teachers),
+            datalist=self.datalist,
+            eval_transforms=self.eval_transforms,
+            device=self.device,
+            inferer=self.inferer,
+            batch_size=self.batch_size,
+            seed=self.student_seed(generation, 998),
+            output_dir=self.generation_dir(generation),
+            progress=self.progress,
+            run_settings=self.run_settings,
+            method=self.method,
+        )
+
+    def pseudo_label(self, generation: int, teachers: Sequence[StudentResult]) -> tuple[PseudoLabelResult, bool]:
         """Pseudo-label the unlabeled set with the teachers, or reuse a finished set from an earlier run."""
-        out, figure = self.layout.pseudo_label_dir(generation), self.layout.figure_file(generation)
+        out = self.layout.pseudo_label_dir(generation)
         finished = PseudoLabelResult.load(out)
         if finished is not None:
-            return finished, (figure if figure.is_file() else None), True
-        nets = [self.load_student(t) for t in teachers]
+            old_figure = self.layout.figure_file(generation)  # where versions <= 0.3 drew it
+            if finished.figure_path is None and old_figure.is_file():
+                finished.figure_path = str(old_figure)
+            return finished, True
+        context = self.generation_context(generation, teachers)
+        extra = self.method.prepare_generation(context)
         unlabeled = self.datalist["unlabeled"]
         has_labels = all("label" in it for it in unlabeled)
         transform = self.eval_transforms if has_labels else self.infer_transforms
         result = self.pseudo_labeler(
-            nets, unlabeled, transform, out, description=f"gen {generation} pseudo-labels"
+            context.teachers,
+            unlabeled,
+            transform,
+            out,
+            description=f"gen {generation} pseudo-labels",
+            extra_stats=extra,
         )
-        fig_path = result.figure.plot(figure) if result.figure is not None else None
-        return result, fig_path, False
+        return result, False
 
-    def train_generation(self, generation: int, items: Sequence[Mapping[str, Any]]) -> list[StudentResult]:
-        """Train (or reload) the K students of a generation."""
-        results: list[StudentResult] = []
-        train_ds = None
+    def _training_set(self, generation: int, items: Sequence[Mapping[str, Any]]) -> CacheDataset:
+        transform = self.train_transforms
+        augmentation = self.method.augmentation_for(generation)
+        if augmentation is not None:  # cached up to the first random transform
+            transform = Compose([transform, augmentation]).flatten()
+        return self._dataset(items, transform)
+
+    def train_generation(
+        self,
+        generation: int,
+        items: Sequence[Mapping[str, Any]],
+        teachers: Sequence[StudentResult] = (),
+    ) -> list[StudentResult]:
+        """Train (or reload) the K students of a generation; ``concurrent_students`` of them at a time."""
+        results: dict[int, StudentResult] = {}
+        todo: list[int] = []
         for k in range(self.num_students):
             result = self.layout.read_student(generation, k)
-            if result is not None:
-                self._notify("student_finished", result=result, resumed=True)
-                results.append(result)
+            if result is None:
+                todo.append(k)
                 continue
-            if train_ds is None:
-                transform = self.train_transforms
-                if self.strategy.augmentation is not None:  # cached up to the first random transform
-                    transform = Compose([transform, self.strategy.augmentation]).flatten()
-                train_ds = self._dataset(items, transform)
-            seed = self.student_seed(generation, k)
-            set_determinism(seed=seed)
-            net = self.run_settings.prepare_network(build_network(self.network), self.device)
-            loader = DataLoader(
-                train_ds,
-                batch_size=self.batch_size,
-                shuffle=True,
-                num_workers=self.num_workers,
-                generator=torch.Generator().manual_seed(seed),
-                drop_last=len(train_ds) > self.batch_size,
-            )
-            epochs, val_interval = self.schedule(len(loader))
-            hook = _StudentHook(self, generation, k)
+            self.fire_event(StudyEvents.STUDENT_FINISHED, result=result, resumed=True)
+            results[k] = result
+        if todo:
+            train_ds = self._training_set(generation, items)
+            start = self.method.initial_weights(generation, teachers)
+            jobs = [self._student_job(generation, k, train_ds, start) for k in todo]
+            for k, result in zip(todo, run_concurrently(jobs, self.concurrent_students, self.device)):
+                results[k] = result
+        set_determinism(seed=None)
+        return [results[k] for k in range(self.num_students)]
+
+    def _student_job(
+        self, generation: int, index: int, train_ds: Any, start: StudentResult | None
+    ) -> Callable[[], StudentResult]:
+        """Everything seeded for one student (network, data order, its own copy of the random transforms,
+        seeded by its loader), and its training; the jobs of a generation are all prepared first."""
+        seed = self.student_seed(generation, index)
+        set_determinism(seed=seed)
+        net = self.student_network(generation)
+        if start is not None:
+            load_weights(net, start.checkpoint, self.device)
+        dataset = student_dataset(train_ds)
+        loader = DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=True,
+            num_workers=self.num_workers,
+            generator=torch.Generator().manual_seed(seed),
+            drop_last=len(dataset) > self.batch_size,
+        )
+        epochs, val_interval = self.schedule(len(loader))
+        optimizer = self.optimizer(net.parameters())
+        iteration = self.method.iteration(generation, self)
+
+        def job() -> StudentResult:
             result = train_student(
                 generation=generation,
-                index=k,
+                index=index,
                 network=net,
-                optimizer=self.optimizer(net.parameters()),
+                optimizer=optimizer,
                 loss_function=self.loss_function,
                 train_loader=loader,
                 val_loader=self.val_loader,
                 device=self.device,
                 epochs=epochs,
-                save_dir=self.student_dir(generation, k),
+                save_dir=self.student_dir(generation, index),
                 key_metric=self.key_metric,
                 additional_metrics=self.additional_metrics,
                 val_interval=val_interval,
                 inferer=self.inferer,
                 postprocessing=self.postprocessing,
                 higher_is_better=self.higher_is_better,
-                extra_handlers=[hook],
+                extra_handlers=[_StudentHook(self, generation, index)],
                 progress=self.progress,
                 run_settings=self.run_settings,
+                iteration_update=iteration,
             )
             self.layout.write_student(result)
-            self._notify("student_finished", result=result, resumed=False)
-            results.append(result)
-        set_determinism(seed=None)
-        return results
+            self.fire_event(StudyEvents.STUDENT_FINISHED, result=result, resumed=False)
+            return result
+
+        return job
 
     def evaluate(self, result: StudentResult, loader: Any, prefix: str = "test_") -> dict[str, float]:
         """Key and additional metrics of a student's checkpoint on a labeled set."""
@@ -424,59 +515,68 @@ class SelfTrainingStudy:
             raise SystemExit(f"error: {e}") from e
         settings = ", ".join(f"{k}={v}" for k, v in self.run_settings.describe(self.device).items())
         logger.info(f"run settings on {self.device}: {settings}")
-        self._notify("study_started")
+        self.fire_event(StudyEvents.STUDY_STARTED)
         summaries: list[dict[str, Any]] = []
-        previous: list[StudentResult] = []
+        history: list[list[StudentResult]] = []  # the students of every generation so far
         for g in range(self.num_generations + 1):
             summary = self.layout.read_summary(g)
             if summary is not None:
-                previous = [StudentResult.from_dict(d) for d in summary["students"]]
-                self._notify("generation_finished", summary=summary, resumed=True)
+                history.append([StudentResult.from_dict(d) for d in summary["students"]])
+                self.fire_event(StudyEvents.GENERATION_FINISHED, summary=summary, resumed=True)
                 summaries.append(summary)
                 continue
-            start = time.time()
-            self._notify("generation_started", generation=g)
-            pseudo_items: list[dict[str, Any]] = []
-            pseudo_stats: dict[str, float] = {}
-            teachers: list[StudentResult] = []
-            if g > 0:
-                teachers = self.rank(previous)[: self.num_teachers]
-                plr, fig, resumed = self.pseudo_label(g, teachers)
-                pseudo_items, pseudo_stats = plr.items, plr.stats
-                self._notify("pseudo_labels_ready", generation=g, result=plr, figure=fig, resumed=resumed)
-            items = self.strategy.training_items(self.datalist, pseudo_items)
-            students = self.train_generation(g, items)
-            ranked = self.rank(students)
-            best = ranked[0]
-            test = self.evaluate(best, self.test_loader) if self.test_loader is not None else {}
-            summary = {
-                "generation": g,
-                "method": self.strategy.name,
-                "training_images": len(items),
-                "teachers": [t.index for t in teachers],
-                "ranking": [r.index for r in ranked],
-                "best_student": best.index,
-                f"val_{self.key_metric_name}": best.best_metric,
-                "test": test,
-                "pseudo_labels": pseudo_stats,
-                "checkpoint": best.checkpoint,
-                "seconds": round(time.time() - start, 1),
-                "students": [s.to_dict() for s in students],
-            }
-            self.layout.write_summary(summary)
-            logger.info(self.summary_line(summary))
-            self._notify("generation_finished", summary=summary, resumed=False)
+            summary = self._run_generation(g, history)
+            self.fire_event(StudyEvents.GENERATION_FINISHED, summary=summary, resumed=False)
             summaries.append(summary)
-            previous = students
+            history.append([StudentResult.from_dict(d) for d in summary["students"]])
         final = self.layout.model_file
         atomic_write_bytes(final, Path(summaries[-1]["checkpoint"]).read_bytes())
         self.layout.write_results(self.describe(), summaries)
-        self._notify("study_finished", summaries=summaries)
+        self.fire_event(StudyEvents.STUDY_FINISHED, summaries=summaries)
         logger.info(
             f"study finished: results in {self.output_dir.resolve()} (results.json, generation_*/summary.json); "
             f"best model of the last generation: {final}"
         )
         return summaries
+
+    def _run_generation(self, g: int, history: Sequence[Sequence[StudentResult]]) -> dict[str, Any]:
+        """One generation: teachers, pseudo-labels, students, ranking, test; writes its ``summary.json``."""
+        start = time.time()
+        self.fire_event(StudyEvents.GENERATION_STARTED, generation=g)
+        pseudo_items: list[dict[str, Any]] = []
+        pseudo_stats: dict[str, float] = {}
+        teachers = self.choose_teachers(history) if g > 0 else []
+        if g > 0 and self.method.makes_pseudo_labels:
+            plr, resumed = self.pseudo_label(g, teachers)
+            pseudo_items, pseudo_stats = plr.items, plr.stats
+            figure = Path(plr.figure_path) if plr.figure_path else None
+            self.fire_event(
+                StudyEvents.PSEUDO_LABELS_READY, generation=g, result=plr, figure=figure, resumed=resumed
+            )
+        items = self.method.training_items(self.datalist, pseudo_items, g)
+        students = self.train_generation(g, items, teachers)
+        ranked = self.rank(students)
+        best = ranked[0]
+        test = self.evaluate(best, self.test_loader) if self.test_loader is not None else {}
+        summary = {
+            "generation": g,
+            "method": self.method.name,
+            "training_images": len(items),
+            "teachers": [t.index for t in teachers],
+            "ranking": [r.index for r in ranked],
+            "best_student": best.index,
+            f"val_{self.key_metric_name}": best.best_metric,
+            "test": test,
+            "pseudo_labels": pseudo_stats,
+            "checkpoint": best.checkpoint,
+            "seconds": round(time.time() - start, 1),
+            "students": [s.to_dict() for s in students],
+        }
+        if self.teacher_pool != "last":
+            summary["teacher_generations"] = [t.generation for t in teachers]
+        self.layout.write_summary(summary)
+        logger.info(self.summary_line(summary))
+        return summary
 
     def summary_line(self, summary: Mapping[str, Any]) -> str:
         """One line per generation: best student, validation and test metrics, pseudo-label statistics."""
@@ -497,10 +597,12 @@ class SelfTrainingStudy:
 
 
 class _StudentHook:
-    """Attaches the observers' per-student handlers to a new trainer."""
+    """Fires ``STUDENT_STARTED`` with the new trainer, so that handlers can attach epoch-level handlers."""
 
     def __init__(self, study: SelfTrainingStudy, generation: int, index: int) -> None:
         self.study, self.generation, self.index = study, generation, index
 
     def attach(self, trainer: Any) -> None:
-        self.study._notify("student_started", generation=self.generation, index=self.index, trainer=trainer)
+        self.study.fire_event(
+            StudyEvents.STUDENT_STARTED, generation=self.generation, index=self.index, trainer=trainer
+        )

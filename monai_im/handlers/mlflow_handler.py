@@ -35,6 +35,7 @@ import contextlib
 import functools
 import logging
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -133,15 +134,28 @@ class MLflowStudyHandler:
         self.queue = CallQueue(self._send, self.tracking_uri, self.output_dir, retry_interval)
         self.hook_failed = False
         self._requested: set[str] = set()
+        self._lock = threading.RLock()
 
     @staticmethod
     def default_uri(output_dir: Path) -> str:
         return f"sqlite:///{(Path(output_dir).resolve() / 'mlflow.db').as_posix()}"
 
     def attach(self, study: Any) -> None:
-        """Check the tracking store (one line and exit if it cannot be used), then register with the study."""
+        """Check the tracking store (one line and exit if it cannot be used), then register with the study's
+        events (:class:`monai_im.engines.events.StudyEvents`)."""
+        from monai_im.engines.events import StudyEvents
+
         check_tracking_uri(self.tracking_uri, hint=self.uri_hint)
-        study.add_observer(self)
+        for event, handler in (
+            (StudyEvents.STUDY_STARTED, self.study_started),
+            (StudyEvents.GENERATION_STARTED, self.generation_started),
+            (StudyEvents.STUDENT_STARTED, self.student_started),
+            (StudyEvents.STUDENT_FINISHED, self.student_finished),
+            (StudyEvents.PSEUDO_LABELS_READY, self.pseudo_labels_ready),
+            (StudyEvents.GENERATION_FINISHED, self.generation_finished),
+            (StudyEvents.STUDY_FINISHED, self.study_finished),
+        ):
+            study.add_event_handler(event, handler)
 
     # ------------------------------------------------------------------ the queue
     @property
@@ -169,7 +183,8 @@ class MLflowStudyHandler:
         Returns:
             whether the queue is empty afterwards.
         """
-        return self.queue.submit(*calls, force=force)
+        with self._lock:  # epoch handlers of students trained concurrently call from several threads
+            return self.queue.submit(*calls, force=force)
 
     def _send(self, call: tuple) -> None:
         getattr(self, f"_call_{call[0]}")(*call[1:])
@@ -303,14 +318,14 @@ class MLflowStudyHandler:
         key = f"generation {generation}"
         if key not in self._requested:
             self._requested.add(key)
-            params = {"generation": generation, "method": study.strategy.name}
+            params = {"generation": generation, "method": study.method.name}
             self.submit(("create", key, "study", key, params, True, ()))
 
     @_never_raises
     def student_started(self, study: Any, generation: int, index: int, trainer: Any) -> None:
         self.generation_started(study, generation)
         key = f"student {generation}.{index}"
-        params = {"generation": generation, "student": index, "method": study.strategy.name}
+        params = {"generation": generation, "student": index, "method": study.method.name}
         self._requested.add(key)
         self.submit(("create", key, f"generation {generation}", f"student {index}", params, False, ()))
 
@@ -381,7 +396,7 @@ class MLflowStudyHandler:
                 from monai_im.visualize import plot_metric_over_generations
 
                 path = plot_metric_over_generations(
-                    {study.strategy.name: values},
+                    {study.method.name: values},
                     study.output_dir / f"{test_key}_over_generations.png",
                     test_key,
                     higher_is_better=study.higher_is_better,

@@ -212,6 +212,19 @@ class IMUNet(nn.Module):
         he_normal_init: bool = True,
     ) -> None:
         super().__init__()
+        self._config = {
+            "spatial_dims": spatial_dims,
+            "in_channels": in_channels,
+            "out_channels": out_channels,
+            "alpha": alpha,
+            "features": tuple(features),
+            "kernel_size": kernel_size,
+            "act": act,
+            "norm": norm,
+            "dropout": dropout,
+            "upsample_mode": upsample_mode,
+            "he_normal_init": he_normal_init,
+        }
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
         if len(features) != 5:
@@ -247,6 +260,10 @@ class IMUNet(nn.Module):
         self.head = Conv[Conv.CONV, spatial_dims](f0, out_channels, kernel_size=1)
         if he_normal_init:
             self.apply(init_he_normal)
+
+    def widened(self, alpha: float) -> IMUNet:
+        """A new, freshly initialised network like this one with width factor ``alpha`` (Noisy Student)."""
+        return IMUNet(**{**self._config, "alpha": float(alpha)})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map ``(B, in_channels, *spatial)`` to logits ``(B, out_channels, *spatial)``.

@@ -258,18 +258,18 @@ def test_bf16_pseudo_labels_agree_with_fp32():
 
 # ------------------------------------------------------------------------------------- a whole study
 def test_study_runs_every_forward_pass_with_the_policy(make_study, tiny_data, tmp_path, monkeypatch):
-    import monai_im.engines.pseudo_label as pl_mod
+    from monai_im.engines.methods import Method
 
-    real_predict = pl_mod.ensemble_predict
+    real_predict = Method.predict
 
-    def predict_in_phase(*args, **kwargs):
+    def predict_in_phase(self, *args, **kwargs):
         _PHASE[0] = "pseudo"
         try:
-            return real_predict(*args, **kwargs)
+            return real_predict(self, *args, **kwargs)
         finally:
             _PHASE[0] = "eval"
 
-    monkeypatch.setattr(pl_mod, "ensemble_predict", predict_in_phase)
+    monkeypatch.setattr(Method, "predict", predict_in_phase)
     records: list[dict] = []
     settings = RunSettings(precision="bf16", inference_precision="bf16", channels_last=True)
     study = make_study(

@@ -12,19 +12,28 @@ from ignite.engine import Engine, Events
 from mlflow import MlflowClient
 
 from monai_im.engines import StudentResult
+from monai_im.engines.events import StudyEventRegistry
 from monai_im.handlers import MLflowStudyHandler
 
 
-class FakeStudy:
+class FakeStudy(StudyEventRegistry):
     def __init__(self, out: Path) -> None:
+        super().__init__()
         self.output_dir = out
-        self.strategy = SimpleNamespace(name="im")
+        self.method = SimpleNamespace(name="im")
         self.key_metric_name = "iou"
         self.higher_is_better = True
-        self.observers = []
 
-    def add_observer(self, obs) -> None:
-        self.observers.append(obs)
+    @property
+    def observers(self) -> list:
+        """The handler objects registered for any event, in registration order."""
+        seen: list = []
+        for handlers in self._event_handlers.values():
+            for fn in handlers:
+                owner = getattr(fn, "__self__", fn)
+                if owner not in seen:
+                    seen.append(owner)
+        return seen
 
     def describe(self) -> dict:
         return {

@@ -18,24 +18,33 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, TEMPORARILY_UNAVAILABLE
 
 from monai_im.engines import StudentResult
+from monai_im.engines.events import StudyEventRegistry
 from monai_im.handlers import MLflowStudyHandler, check_tracking_uri, datalist_dataset
 from monai_im.handlers.mlflow_handler import EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND
 
 
-class FakeStudy:
+class FakeStudy(StudyEventRegistry):
     """The part of a study the handler reads."""
 
     def __init__(self, out: Path, datalist: dict | None = None, params: dict | None = None) -> None:
+        super().__init__()
         self.output_dir = out
-        self.strategy = SimpleNamespace(name="im")
+        self.method = SimpleNamespace(name="im")
         self.key_metric_name = "iou"
         self.higher_is_better = True
         self.datalist = datalist or {}
         self.params = params or {}
-        self.observers: list = []
 
-    def add_observer(self, obs) -> None:
-        self.observers.append(obs)
+    @property
+    def observers(self) -> list:
+        """The handler objects registered for any event, in registration order."""
+        seen: list = []
+        for handlers in self._event_handlers.values():
+            for fn in handlers:
+                owner = getattr(fn, "__self__", fn)
+                if owner not in seen:
+                    seen.append(owner)
+        return seen
 
     def describe(self) -> dict:
         return {"method": "im", "students": 1, "generations": 1, **self.params}

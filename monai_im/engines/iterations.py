@@ -1,0 +1,214 @@
+"""Training iterations of the semi-supervised methods, for MONAI's ``SupervisedTrainer(iteration_update=...)``.
+
+:class:`ConsistencyIteration` is the paper's Consistency Loss: a supervised loss on the labeled batch plus
+the mean squared error between the predictions on two random photometric views (:func:`photometric_views`)
+of an unlabeled batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+from monai.engines import SupervisedTrainer
+from monai.engines.utils import IterationEvents
+from monai.utils import CommonKeys as Keys
+from monai.utils import convert_to_tensor
+from torch import Tensor
+
+__all__ = ["ConsistencyIteration", "photometric_views", "ACTIVATIONS"]
+
+ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "sigmoid": torch.sigmoid,
+    "softmax": lambda x: torch.softmax(x, dim=1),
+    "none": lambda x: x,
+}
+
+
+def photometric_views(
+    generator: torch.Generator, brightness: float = 0.2, contrast: float = 0.2, noise: float = 0.05
+) -> Callable[[Tensor], Tensor]:
+    """A function making one random photometric view of a batch of images in [0, 1].
+
+    Per image (vectorised over the batch): contrast around the image mean by a factor drawn from
+    ``[1 - contrast, 1 + contrast]``, a brightness shift drawn from ``[-brightness, brightness]``, then
+    Gaussian noise of standard deviation ``noise`` per element; the result is clipped to [0, 1].
+    All random numbers come from ``generator`` (on its device), so a seeded generator gives the
+    same sequence of views.
+
+    Args:
+        generator: the source of randomness, e.g. ``torch.Generator().manual_seed(0)``.
+        brightness: the largest brightness shift (>= 0).
+        contrast: the largest relative contrast change, 0..1.
+        noise: the noise standard deviation (>= 0).
+    """
+    if brightness < 0 or noise < 0 or not 0 <= contrast <= 1:
+        raise ValueError(
+            f"photometric_views: need brightness >= 0, 0 <= contrast <= 1 and noise >= 0, got "
+            f"brightness={brightness}, contrast={contrast}, noise={noise}."
+        )
+
+    def view(images: Tensor) -> Tensor:
+        """One random view of ``images`` (B, C, *spatial)."""
+        images = convert_to_tensor(images, track_meta=False)
+        per_image = (images.shape[0],) + (1,) * (images.ndim - 1)
+
+        def draw(shape: tuple[int, ...], normal: bool = False) -> Tensor:
+            rand = torch.randn if normal else torch.rand
+            values = rand(shape, generator=generator, device=generator.device)
+            return values.to(device=images.device, dtype=images.dtype)
+
+        factor = 1 + contrast * (2 * draw(per_image) - 1)
+        shift = brightness * (2 * draw(per_image) - 1)
+        mean = images.mean(dim=tuple(range(1, images.ndim)), keepdim=True)
+        out = (images - mean) * factor + mean + shift
+        if noise > 0:
+            out = out + noise * draw(tuple(images.shape), normal=True)
+        return out.clamp(0.0, 1.0)
+
+    return view
+
+
+class ConsistencyIteration:
+    """One step = a supervised loss on the labeled batch + ``weight`` * the MSE between the (activated)
+    predictions of two photometric views of an unlabeled batch (the paper's Consistency Loss).
+
+    Use it as ``SupervisedTrainer(..., iteration_update=ConsistencyIteration(unlabeled_loader))``. It runs
+    like MONAI's ``SupervisedTrainer._iteration``: ``engine.prepare_batch`` on the labeled batch,
+    ``engine.inferer`` with ``engine.network``, ``engine.loss_function``, ``engine.optimizer``, MONAI's
+    AMP gradient scaler and gradient accumulation, and it fires ``IterationEvents.FORWARD_COMPLETED``
+    (after the labeled forward pass), ``LOSS_COMPLETED`` (after the total loss), ``BACKWARD_COMPLETED`` and
+    ``MODEL_COMPLETED``. Both unlabeled views go through the network in one call and both carry
+    gradients (a symmetric consistency loss). The unlabeled loader is cycled endlessly: when it is
+    exhausted it is iterated again (a shuffling loader reshuffles).
+
+    ``engine.state.output`` holds ``Keys.IMAGE``, ``Keys.LABEL``, ``Keys.PRED`` (of the labeled batch),
+    ``Keys.LOSS`` (the total loss), and the detached parts ``"supervised_loss"`` and
+    ``"consistency_loss"``, with ``loss == supervised_loss + weight * consistency_loss``.
+
+    Args:
+        unlabeled_loader: batches of unlabeled images: dicts with ``image_key``, or tensors, or
+            sequences whose first element is the image batch.
+        views: a function making one random view of a batch; None = :func:`photometric_views` with a
+            generator seeded by ``seed``.
+        weight: the weight of the consistency loss (>= 0).
+        activation: applied to the logits before the MSE: "sigmoid" (binary / multi-label),
+            "softmax" (multi-class, over channels) or "none".
+        image_key: the image key of dict batches of ``unlabeled_loader``.
+        seed: the seed of the default views (ignored when ``views`` is given).
+    """
+
+    def __init__(
+        self,
+        unlabeled_loader: Iterable,
+        views: Callable[[Tensor], Tensor] | None = None,
+        weight: float = 1.0,
+        activation: str = "sigmoid",
+        image_key: str = "image",
+        seed: int = 0,
+    ) -> None:
+        if activation not in ACTIVATIONS:
+            raise ValueError(
+                f"ConsistencyIteration: activation {activation!r} is not one of {sorted(ACTIVATIONS)}."
+            )
+        if not weight >= 0:
+            raise ValueError(f"ConsistencyIteration: weight must be >= 0, got {weight}.")
+        self.unlabeled_loader = unlabeled_loader
+        self.views = views if views is not None else photometric_views(torch.Generator().manual_seed(seed))
+        self.weight = float(weight)
+        self.activation = activation
+        self.image_key = image_key
+        self._iterator: Iterator | None = None
+
+    def next_unlabeled(self) -> Tensor:
+        """The next unlabeled image batch, starting the loader again when it is exhausted."""
+        for attempt in range(2):
+            if self._iterator is None:
+                self._iterator = iter(self.unlabeled_loader)
+            try:
+                batch = next(self._iterator)
+                break
+            except StopIteration:
+                self._iterator = None
+                if attempt:
+                    raise ValueError(
+                        "ConsistencyIteration: the unlabeled loader yields no batches."
+                    ) from None
+        if isinstance(batch, dict):
+            if self.image_key not in batch:
+                raise KeyError(
+                    f"ConsistencyIteration: unlabeled batch has no key {self.image_key!r}, keys: {sorted(batch)}."
+                )
+            batch = batch[self.image_key]
+        elif isinstance(batch, (list, tuple)):
+            batch = batch[0]
+        return convert_to_tensor(batch, track_meta=False)
+
+    def consistency_loss(self, engine: SupervisedTrainer, unlabeled: Tensor) -> Tensor:
+        """The MSE between the activated predictions of two views of ``unlabeled``, one network call."""
+        first, second = self.views(unlabeled), self.views(unlabeled)
+        logits = engine.inferer(torch.cat([first, second]), engine.network)
+        probs = ACTIVATIONS[self.activation](convert_to_tensor(logits, track_meta=False).float())
+        pred_first, pred_second = probs.chunk(2)
+        return torch.nn.functional.mse_loss(pred_first, pred_second)
+
+    @staticmethod
+    def _accumulation(engine: SupervisedTrainer) -> tuple[int, bool, bool]:
+        """(accumulation steps, zero the gradients now, step the optimizer now), as MONAI decides them."""
+        acc = int(getattr(engine, "accumulation_steps", 1) or 1)
+        if acc <= 1:
+            return 1, True, True
+        epoch_length = engine.state.epoch_length
+        if epoch_length is not None:
+            local = (engine.state.iteration - 1) % epoch_length
+            return acc, local % acc == 0, (local + 1) % acc == 0 or local + 1 == epoch_length
+        local = engine.state.iteration - 1
+        return acc, local % acc == 0, (local + 1) % acc == 0
+
+    def __call__(self, engine: SupervisedTrainer, batchdata: dict) -> Any:
+        """One training step on ``batchdata`` and the next unlabeled batch; returns ``engine.state.output``.
+
+        Args:
+            engine: the ``SupervisedTrainer`` running this iteration.
+            batchdata: the labeled batch.
+        """
+        if batchdata is None:
+            raise ValueError("ConsistencyIteration: must provide batch data for the current iteration.")
+        batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
+        inputs, targets = batch[0], batch[1]
+        args, kwargs = (batch[2], batch[3]) if len(batch) == 4 else ((), {})
+        if getattr(engine, "compile", False):  # a compiled network gets plain tensors
+            inputs = convert_to_tensor(inputs, track_meta=False)
+            targets = convert_to_tensor(targets, track_meta=False)
+        unlabeled = self.next_unlabeled().to(engine.state.device, non_blocking=engine.non_blocking)
+        engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets}
+
+        acc, zero_grad, step = self._accumulation(engine)
+        engine.network.train()
+        if zero_grad:
+            engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
+        use_scaler = engine.amp and engine.scaler is not None
+        context = torch.autocast("cuda", **engine.amp_kwargs) if use_scaler else nullcontext()
+        with context:
+            engine.state.output[Keys.PRED] = engine.inferer(inputs, engine.network, *args, **kwargs)
+            engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+            supervised = engine.loss_function(engine.state.output[Keys.PRED], targets).mean()
+            consistency = self.consistency_loss(engine, unlabeled)
+            loss = supervised + self.weight * consistency
+            engine.state.output[Keys.LOSS] = loss
+            engine.state.output["supervised_loss"] = supervised.detach()
+            engine.state.output["consistency_loss"] = consistency.detach()
+            engine.fire_event(IterationEvents.LOSS_COMPLETED)
+        scaled = loss / acc if acc > 1 else loss
+        (engine.scaler.scale(scaled) if use_scaler else scaled).backward()
+        engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+        if step:
+            if use_scaler:
+                engine.scaler.step(engine.optimizer)
+                engine.scaler.update()
+            else:
+                engine.optimizer.step()
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+        return engine.state.output

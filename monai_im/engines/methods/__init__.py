@@ -1,0 +1,48 @@
+"""Self-training methods: small subclasses of :class:`Method` over the one study loop.
+
+``--method NAME`` of a bundle picks one of :data:`METHODS` (see ``docs/methods.md``).
+"""
+
+from __future__ import annotations
+
+from monai_im.engines.methods.base import GenerationContext, Method, PseudoLabels
+from monai_im.engines.methods.consistency import ConsistencyLoss
+from monai_im.engines.methods.evalnet import AIMPlusPlus, EvalNetFilter, IMPlusPlus, QualityScored, as_masks
+from monai_im.engines.methods.labeled import AugmentedFullData, AugmentedLabeled, FullData, LabeledOnly
+from monai_im.engines.methods.noisy import AIMPlus, IMPlus, NoisySchedule, NoisyStudent
+from monai_im.engines.methods.pseudo import (
+    AugmentedInconsistencyMask,
+    InconsistencyMask,
+    InputEnsemble,
+    ModelEnsemble,
+    consensus,
+)
+from monai_im.engines.methods.registry import METHODS, build_method, method_options
+
+__all__ = [
+    "Method",
+    "GenerationContext",
+    "PseudoLabels",
+    "LabeledOnly",
+    "AugmentedLabeled",
+    "FullData",
+    "AugmentedFullData",
+    "ModelEnsemble",
+    "InputEnsemble",
+    "InconsistencyMask",
+    "AugmentedInconsistencyMask",
+    "NoisySchedule",
+    "NoisyStudent",
+    "IMPlus",
+    "AIMPlus",
+    "QualityScored",
+    "EvalNetFilter",
+    "IMPlusPlus",
+    "AIMPlusPlus",
+    "ConsistencyLoss",
+    "consensus",
+    "as_masks",
+    "METHODS",
+    "build_method",
+    "method_options",
+]
