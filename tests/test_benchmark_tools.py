@@ -81,7 +81,9 @@ def test_speedup_line_names_the_fastest_setting_of_each_workload(scripts):
     result = {
         "sizes": {
             "64": sizes({**base, sp.ALL: 9.0, sp.DEFAULTS: 9.0}, {**base, sp.ALL: 9.0, sp.DEFAULTS: 9.0}),
-            "256": sizes({**base, sp.ALL: 5.42, sp.DEFAULTS: 2.86}, {**base, sp.ALL: 4.06, sp.DEFAULTS: 5.77}),
+            "256": sizes(
+                {**base, sp.ALL: 5.42, sp.DEFAULTS: 2.86}, {**base, sp.ALL: 4.06, sp.DEFAULTS: 5.77}
+            ),
         }
     }
     assert sp.fastest(result, "training") == (sp.ALL, 5.42)

@@ -5,7 +5,7 @@ import torch
 from monai.losses import DiceCELoss, DiceLoss
 
 from monai_im.constants import IGNORE_INDEX
-from monai_im.losses import MaskedDiceCELoss
+from monai_im.losses import MaskedDiceCELoss, MaskedMSELoss
 
 SHAPES = [(2, 5, 6), (2, 4, 5, 3)]  # (B, *spatial): 2D and 3D
 
@@ -155,3 +155,112 @@ def test_bad_inputs_raise():
         MaskedDiceCELoss(mode="semantic")
     with pytest.raises(ValueError):
         MaskedDiceCELoss(lambda_ce=-1.0)
+
+
+# ---------------------------------------------------------------- MaskedMSELoss (the paper's loss)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("mode", ["binary", "multilabel"])
+def test_mse_equals_torch_mse_of_sigmoid_when_nothing_ignored(mode, shape):
+    logits, target = _case(mode, shape)
+    expected = torch.nn.functional.mse_loss(torch.sigmoid(logits), target)
+    torch.testing.assert_close(MaskedMSELoss(mode=mode)(logits, target), expected)
+    torch.testing.assert_close(MaskedMSELoss(mode=mode, ignore_index=None)(logits, target), expected)
+    # soft targets (e.g. averaged teachers) are regressed as they are
+    soft = torch.rand_like(logits)
+    torch.testing.assert_close(
+        MaskedMSELoss(mode=mode)(logits, soft), torch.nn.functional.mse_loss(torch.sigmoid(logits), soft)
+    )
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_mse_multiclass_uses_softmax_against_one_hot(shape):
+    logits, target = _case("multiclass", shape)
+    onehot = torch.nn.functional.one_hot(target[:, 0], 4).movedim(-1, 1).float()
+    expected = torch.nn.functional.mse_loss(torch.softmax(logits, dim=1), onehot)
+    torch.testing.assert_close(MaskedMSELoss(mode="multiclass")(logits, target), expected)
+
+
+@pytest.mark.parametrize("mode", ["binary", "multiclass", "multilabel"])
+def test_mse_ignored_elements_change_nothing(mode):
+    logits, target = _case(mode, SHAPES[1])
+    target = _ignore_some(target)
+    ignored = (target == IGNORE_INDEX).expand_as(logits)
+    loss_fn = MaskedMSELoss(mode=mode)
+    reference = loss_fn(logits, target)
+    changed = torch.where(ignored, torch.randn_like(logits) * 50.0, logits)
+    torch.testing.assert_close(loss_fn(changed, target), reference)
+    # the value equals the mean squared error over the kept elements
+    probs = torch.softmax(logits, 1) if mode == "multiclass" else torch.sigmoid(logits)
+    if mode == "multiclass":
+        dense = torch.nn.functional.one_hot(target.clamp_min(0)[:, 0].long(), 4).movedim(-1, 1).float()
+    else:
+        dense = target
+    kept = ~ignored
+    torch.testing.assert_close(reference, ((probs - dense)[kept] ** 2).mean())
+
+
+@pytest.mark.parametrize("mode", ["binary", "multiclass", "multilabel"])
+def test_mse_gradients_finite_and_zero_exactly_at_ignored(mode):
+    logits, target = _case(mode, SHAPES[0])
+    target = _ignore_some(target)
+    loss, grad = _grad(MaskedMSELoss(mode=mode), logits * 30.0, target)  # saturated logits too
+    ignored = (target == IGNORE_INDEX).expand_as(grad)
+    assert torch.isfinite(loss) and torch.isfinite(grad).all()
+    assert torch.all(grad[ignored] == 0)
+    assert grad[~ignored].abs().sum() > 0
+
+
+@pytest.mark.parametrize("mode", ["binary", "multiclass", "multilabel"])
+def test_mse_all_ignored_is_zero_with_a_gradient_path(mode):
+    logits, target = _case(mode, SHAPES[0])
+    loss, grad = _grad(MaskedMSELoss(mode=mode), logits, torch.full_like(target, IGNORE_INDEX))
+    assert loss.item() == 0.0 and not torch.isnan(loss)
+    assert grad is not None and torch.all(grad == 0)
+
+
+def test_mse_reductions_and_half_precision():
+    logits, target = _case("binary", SHAPES[0])
+    target = _ignore_some(target)
+    kept = target != IGNORE_INDEX
+    squared = MaskedMSELoss(reduction="none")(logits, target)
+    assert squared.shape == logits.shape
+    assert torch.all(squared[~kept] == 0)
+    torch.testing.assert_close(MaskedMSELoss(reduction="sum")(logits, target), squared.sum())
+    torch.testing.assert_close(MaskedMSELoss()(logits, target), squared.sum() / kept.sum())
+    big_logits, big_target = _case("binary", (1, 300, 300))  # more elements than float16 can count
+    half = MaskedMSELoss()(big_logits.half(), big_target.half())
+    assert half.dtype == torch.float32
+    torch.testing.assert_close(half, MaskedMSELoss()(big_logits, big_target), atol=1e-3, rtol=1e-3)
+
+
+def test_mse_bad_inputs_raise_one_line():
+    logits, target = _case("multiclass", SHAPES[0])
+    cases = [
+        (MaskedMSELoss(mode="binary"), logits[:, :1], target[:, :, :3].float(), "same shape"),
+        (MaskedMSELoss(mode="multilabel"), logits, target.float(), "same shape"),
+        (MaskedMSELoss(mode="multiclass"), logits, torch.zeros_like(logits), "class-index target"),
+        (MaskedMSELoss(mode="multiclass"), logits, target + 4, r"\[0, 4\)"),
+        (MaskedMSELoss(mode="multiclass"), logits[:, :1], target, "at least 2 input channels"),
+        (MaskedMSELoss(mode="binary"), logits[:, :1], target[:, 0].float(), r"\(B, C, \*spatial\)"),
+    ]
+    for loss_fn, x, y, message in cases:
+        with pytest.raises(ValueError, match=message) as info:
+            loss_fn(x, y)
+        assert "\n" not in str(info.value)
+    with pytest.raises(ValueError, match="reduction"):
+        MaskedMSELoss(reduction="avg")
+    with pytest.raises(ValueError):
+        MaskedMSELoss(mode="semantic")
+
+
+def test_build_loss_by_name_or_object():
+    from monai_im.losses import MaskedDiceCELoss, MaskedMSELoss, build_loss
+
+    assert isinstance(build_loss("mse", mode="multilabel"), MaskedMSELoss)
+    assert build_loss("dice_ce", mode="multiclass").mode == "multiclass"
+    given = MaskedDiceCELoss(mode="binary")
+    assert build_loss(given) is given
+    with pytest.raises(SystemExit, match="unknown loss 'hinge'; choose one of: dice_ce, mse"):
+        build_loss("hinge")

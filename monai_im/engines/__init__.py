@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from monai_im.engines.acceleration import PRECISIONS, RunSettings, cpu_supports_bf16
-from monai_im.engines.inferers import AdaptiveInferer, ensemble_predict
 from monai_im.engines.concurrency import run_concurrently, student_dataset
 from monai_im.engines.events import StudyEventRegistry, StudyEvents
+from monai_im.engines.inferers import AdaptiveInferer, ensemble_predict
 from monai_im.engines.layout import StudyLayout, StudyMismatchError, dataset_fingerprint, study_identity
+from monai_im.engines.methods import METHODS, GenerationContext, Method, build_method
 from monai_im.engines.pseudo_label import FigureSample, PseudoLabeler, PseudoLabelResult
 from monai_im.engines.strategies import (
     AugmentedInconsistencyMaskStrategy,
@@ -26,7 +27,6 @@ from monai_im.engines.student import (
     make_evaluator,
     train_student,
 )
-from monai_im.engines.methods import METHODS, GenerationContext, Method, build_method
 from monai_im.engines.study import TEACHER_POOLS, SelfTrainingStudy
 
 __all__ = [

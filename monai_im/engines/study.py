@@ -153,7 +153,9 @@ class SelfTrainingStudy(StudyEventRegistry):
             raise ValueError(
                 "num_students, epochs and batch_size must be >= 1, num_generations and min_steps >= 0"
             )
-        self.method = method if method is not None else strategy if strategy is not None else InconsistencyMask()
+        self.method = (
+            method if method is not None else strategy if strategy is not None else InconsistencyMask()
+        )
         if self.method.has_generations and not 1 <= num_teachers <= num_students:
             raise ValueError(f"num_teachers must be in 1..num_students ({num_students}), got {num_teachers}")
         if self.method.has_generations and num_generations > 0 and not datalist.get("unlabeled"):
@@ -373,7 +375,9 @@ class SelfTrainingStudy(StudyEventRegistry):
             method=self.method,
         )
 
-    def pseudo_label(self, generation: int, teachers: Sequence[StudentResult]) -> tuple[PseudoLabelResult, bool]:
+    def pseudo_label(
+        self, generation: int, teachers: Sequence[StudentResult]
+    ) -> tuple[PseudoLabelResult, bool]:
         """Pseudo-label the unlabeled set with the teachers, or reuse a finished set from an earlier run."""
         out = self.layout.pseudo_label_dir(generation)
         finished = PseudoLabelResult.load(out)
@@ -381,6 +385,10 @@ class SelfTrainingStudy(StudyEventRegistry):
             old_figure = self.layout.figure_file(generation)  # where versions <= 0.3 drew it
             if finished.figure_path is None and old_figure.is_file():
                 finished.figure_path = str(old_figure)
+            unlabeled = self.datalist["unlabeled"]
+            for item in finished.items:  # the originals where the dataset is now (it may have moved)
+                if isinstance(item.get("source"), int) and 0 <= item["source"] < len(unlabeled):
+                    item["image"] = str(unlabeled[item["source"]]["image"])
             return finished, True
         context = self.generation_context(generation, teachers)
         extra = self.method.prepare_generation(context)

@@ -8,7 +8,12 @@ import torch
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
 from PIL import Image
 
-from monai_im.engines import InconsistencyMaskStrategy, ModelEnsembleStrategy, PseudoLabeler
+from monai_im.engines import (
+    InconsistencyMaskStrategy,
+    ModelEnsembleStrategy,
+    PseudoLabeler,
+    PseudoLabelResult,
+)
 from monai_im.io import load_json
 from monai_im.transforms.presets import image_segmentation_transforms
 
@@ -56,28 +61,47 @@ def test_writes_im_cut_out_pairs_and_datalist(setup, tmp_path):
     assert result.stats["images_kept"] == len(result.items) == 5
     assert 0 < result.stats["im_fraction"] < 0.5
     assert result.figure is not None and result.figure.teacher_masks.shape == (2, 3, 1, 16, 16)
+    assert result.figure_path == str(out / "im_figure.png") and (out / "im_figure.png").is_file()
+    assert not (out / "images").exists(), "no image copies unless asked for"
+    raw = Compose(
+        [LoadImaged(keys=["label", "im"], image_only=True), EnsureChannelFirstd(keys=["label", "im"])]
+    )
+    for entry in result.items:
+        assert entry["image"] == items[entry["source"]]["image"], "the row refers to the original image"
+        files = raw(entry)
+        im = files["im"][0] > 127
+        assert im.any(), "the teachers disagree on a band of intensities"
+        assert (files["label"][0][im] == 0).all(), "IM cut out of the pseudo-label"
+        # the training transforms cut the IM out of the original image when they load the pair
+        d = transform(dict(entry))
+        original = transform({"image": entry["image"]})["image"]
+        assert (d["image"][:, im] == 0).all(), "IM cut out of the input image"
+        assert torch.equal(d["image"][:, ~im], original[:, ~im])
+        # all three teachers agree on foreground where the image is brighter than 0.6
+        assert (original[0][d["label"][0] > 0] > 0.6 - 1 / 255).all()
+    saved = load_json(out / "datalist.json")["pseudo_labeled"]
+    assert len(saved) == 5
+    assert all(not Path(row[k]).is_absolute() for row in saved for k in ("label", "im"))
+    assert load_json(out / "stats.json")["images_kept"] == 5
+    reloaded = PseudoLabelResult.load(out)
+    assert reloaded.items == result.items and reloaded.figure_path == result.figure_path
+
+
+def test_masked_image_copies_on_request(setup, tmp_path):
+    items, transform, teachers = setup
+    labeler = PseudoLabeler(
+        InconsistencyMaskStrategy(), batch_size=4, progress=False, save_masked_images=True
+    )
+    result = labeler(teachers, items, transform, tmp_path / "pl")
     load = Compose(
         [
-            LoadImaged(keys=["image", "label", "im"], image_only=True),
-            EnsureChannelFirstd(keys=["image", "label", "im"]),
+            LoadImaged(keys=["masked_image", "im"], image_only=True),
+            EnsureChannelFirstd(keys=["masked_image", "im"]),
         ]
     )
-    load_image = Compose([LoadImaged(keys="image", image_only=True), EnsureChannelFirstd(keys="image")])
     for entry in result.items:
         d = load(entry)
-        im = d["im"][0] > 127
-        assert im.any(), "the teachers disagree on a band of intensities"
-        assert (d["image"][0][im] == 0).all(), "IM cut out of the input image"
-        assert (d["label"][0][im] == 0).all(), "IM cut out of the pseudo-label"
-        original = load_image({"image": items[int(Path(entry["image"]).name[:6])]["image"]})["image"][0]
-        outside = ~im
-        assert torch.allclose(d["image"][0][outside].float(), original[outside].float(), atol=1)
-        # all three teachers agree on foreground where the image is brighter than 0.6 * 255
-        fg = d["label"][0] > 127
-        assert (original[fg] > 0.6 * 255 - 1).all()
-    saved = load_json(out / "datalist.json")["pseudo_labeled"]
-    assert len(saved) == 5 and all(not Path(v).is_absolute() for row in saved for v in row.values())
-    assert load_json(out / "stats.json")["images_kept"] == 5
+        assert (d["masked_image"][0][d["im"][0] > 127] == 0).all()
 
 
 def test_rejected_images_are_not_written(setup, tmp_path):
@@ -87,7 +111,7 @@ def test_rejected_images_are_not_written(setup, tmp_path):
         teachers, items, transform, tmp_path / "pl"
     )
     assert result.stats["images_kept"] == 0 and result.items == []
-    assert list((tmp_path / "pl" / "images").iterdir()) == []
+    assert list((tmp_path / "pl" / "labels").iterdir()) == []
 
 
 def test_model_ensemble_writes_no_im(setup, tmp_path):
@@ -117,7 +141,7 @@ def test_failure_leaves_previous_output_untouched(setup, tmp_path, monkeypatch):
     out = tmp_path / "pl"
     labeler = PseudoLabeler(InconsistencyMaskStrategy(), batch_size=2, progress=False)
     labeler(teachers, items, transform, out)
-    before = sorted(p.name for p in (out / "images").iterdir())
+    before = sorted(p.name for p in (out / "labels").iterdir())
 
     calls = {"n": 0}
     import monai_im.engines.pseudo_label as pl
@@ -133,7 +157,7 @@ def test_failure_leaves_previous_output_untouched(setup, tmp_path, monkeypatch):
     monkeypatch.setattr(pl, "save_png", failing)
     with pytest.raises(OSError, match="disk full"):
         labeler(teachers, items[:3], transform, out)
-    assert sorted(p.name for p in (out / "images").iterdir()) == before
+    assert sorted(p.name for p in (out / "labels").iterdir()) == before
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".pl")], "no partial folder left behind"
 
 
@@ -150,16 +174,20 @@ def test_compress_level_changes_file_size_not_content(setup, tmp_path):
     outs = {}
     for level in (0, 9):
         labeler = PseudoLabeler(
-            InconsistencyMaskStrategy(), batch_size=4, progress=False, compress_level=level
+            InconsistencyMaskStrategy(),
+            batch_size=4,
+            progress=False,
+            compress_level=level,
+            save_masked_images=True,
         )
         outs[level] = labeler(teachers, items, transform, tmp_path / f"pl{level}")
     raw, packed = outs[0].items, outs[9].items
     assert len(raw) == len(packed) == 5
     for a, b in zip(raw, packed):
-        for key in ("image", "label", "im"):
+        for key in ("masked_image", "label", "im"):
             np.testing.assert_array_equal(np.asarray(Image.open(a[key])), np.asarray(Image.open(b[key])))
-    assert sum(Path(a["image"]).stat().st_size for a in raw) > sum(
-        Path(b["image"]).stat().st_size for b in packed
+    assert sum(Path(a["masked_image"]).stat().st_size for a in raw) > sum(
+        Path(b["masked_image"]).stat().st_size for b in packed
     )
 
 

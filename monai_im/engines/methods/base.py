@@ -179,9 +179,7 @@ class Method:
         """The network (a template module or a factory) of the students of ``generation``."""
         return template
 
-    def initial_weights(
-        self, generation: int, teachers: Sequence[StudentResult]
-    ) -> StudentResult | None:
+    def initial_weights(self, generation: int, teachers: Sequence[StudentResult]) -> StudentResult | None:
         """A checkpoint the students of ``generation`` start from (None: random initialisation)."""
         return None
 

@@ -49,7 +49,9 @@ class QualityScored:
 
     def _init_quality(self, alpha: float, epochs: int, batch_size: int, learning_rate: float) -> None:
         if int(epochs) < 1 or int(batch_size) < 1 or float(learning_rate) <= 0:
-            raise ValueError("evalnet_epochs and evalnet_batch_size must be >= 1 and evalnet_learning_rate > 0")
+            raise ValueError(
+                "evalnet_epochs and evalnet_batch_size must be >= 1 and evalnet_learning_rate > 0"
+            )
         self.evalnet_alpha = float(alpha)
         self.evalnet_epochs = int(epochs)
         self.evalnet_batch_size = int(batch_size)
@@ -74,9 +76,11 @@ class QualityScored:
                 valid = (result.im < 0.5).float() if result.im is not None else None
                 cand = [(mask_image(x, result.im, 0.0) if result.im is not None else x, result.label, valid)]
             else:
-                labels = probs.argmax(2, keepdim=True).float() if self.mode == "multiclass" else (
-                    probs > self.threshold
-                ).float()
+                labels = (
+                    probs.argmax(2, keepdim=True).float()
+                    if self.mode == "multiclass"
+                    else (probs > self.threshold).float()
+                )
                 cand = [(x, labels[e], None) for e in range(labels.shape[0])]
             for image, label, valid in cand:
                 m = as_masks(label, self.mode, channels)
@@ -192,7 +196,7 @@ class _Replicated(QualityScored):
         result.score = self._score(masked, result.label, probs.shape[2])
         return result
 
-    def copies(self, scores: torch.Tensor) -> torch.Tensor:
+    def replication(self, scores: torch.Tensor) -> torch.Tensor:
         """Copies per pseudo-label: 1 + the number of ``replication_bins`` below its score."""
         from monai_im.engines.blocks import replication_counts
 
@@ -203,7 +207,7 @@ class _Replicated(QualityScored):
         if not pseudo_items:
             return base
         scores = torch.tensor([float(it.get("score", float("nan"))) for it in pseudo_items])
-        counts = self.copies(scores).tolist()
+        counts = self.replication(scores).tolist()
         pseudo = [{k: v for k, v in it.items() if k != "score"} for it in pseudo_items]
         return base + [dict(it) for it, n in zip(pseudo, counts) for _ in range(int(n))]
 
@@ -265,5 +269,3 @@ class AIMPlusPlus(_Replicated, AIMPlus):
 
     def describe(self) -> dict[str, Any]:  # noqa: D102
         return {**AIMPlus.describe(self), **self.describe_replication()}
-
-

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import torch
+
 from monai_im.engines.methods.labeled import augmented_copies
 from monai_im.engines.methods.pseudo import AugmentedInconsistencyMask, InconsistencyMask, ModelEnsemble
 
@@ -55,7 +57,9 @@ class NoisySchedule:
 
         start = base if self.width_start is None else self.width_start
         end = start + 1.0 if self.width_end is None else self.width_end
-        return width_schedule(min(max(generation, 0), self.schedule_generations), self.schedule_generations, start, end)
+        return width_schedule(
+            min(max(generation, 0), self.schedule_generations), self.schedule_generations, start, end
+        )
 
     def noise(self, generation: int) -> float:
         """The input-noise standard deviation of ``generation`` (generation 0 is trained without noise)."""
@@ -70,7 +74,7 @@ class NoisySchedule:
 
     def student_network(self, generation: int, template: Any) -> Any:
         """A copy of the template ``width(generation)`` wide (networks with a ``widened(alpha)`` method)."""
-        if callable(template) and not hasattr(template, "widened"):
+        if not isinstance(template, torch.nn.Module):  # a factory: widen what it makes
             factory = template
             return lambda: _widened(factory(), self, generation)
         return _widened(template, self, generation)
@@ -185,7 +189,9 @@ class AIMPlus(NoisySchedule, AugmentedInconsistencyMask):
         schedule_generations: int = 5,
         **kwargs: Any,
     ) -> None:
-        AugmentedInconsistencyMask.__init__(self, mode=mode, copies=copies, augmentation=augmentation, **kwargs)
+        AugmentedInconsistencyMask.__init__(
+            self, mode=mode, copies=copies, augmentation=augmentation, **kwargs
+        )
         self._init_schedule(width_start, width_end, noise_start, noise_end, schedule_generations)
 
     def training_items(self, datalist, pseudo_items, generation=0):  # noqa: D102

@@ -106,7 +106,9 @@ class InconsistencyMask(Method):
         self.max_im_fraction = max_im_fraction
 
     def __call__(self, probs: torch.Tensor, images: torch.Tensor | None = None) -> PseudoLabels:
-        label, im = inconsistency_mask(probs, mode=self.mode, threshold=self.threshold, dilation=self.dilation)
+        label, im = inconsistency_mask(
+            probs, mode=self.mode, threshold=self.threshold, dilation=self.dilation
+        )
         accepted = accept_pseudo_labels(
             label,
             im,
@@ -173,5 +175,3 @@ class AugmentedInconsistencyMask(InconsistencyMask):
     def describe(self) -> dict[str, Any]:  # noqa: D102
         desc = {**super().describe(), "augmented_copies": self.copies}
         return {**desc, "augment_labeled": True} if self.augment_labeled else desc
-
-
