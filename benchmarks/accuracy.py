@@ -53,12 +53,30 @@ VARIANTS = {
 }
 # the IM-on-augmented-data variant: generation 0 is ALDT (--methods ... "AIM (n=2)")
 VARIANTS["AIM (n=2)"] = {"method": "aim", "num_teachers": 2}
-# studies whose generation 0 is another study's: (method -> the study it is copied from)
+# the rest of the paper's family (docs/methods.md), each with the paper's settings
+FAMILY = {
+    "AFDT": {"method": "afdt"},
+    "Model Ensemble (n=2)": {"method": "model_ensemble", "num_teachers": 2},
+    "Input Ensemble": {"method": "input_ensemble"},
+    "Consistency Loss": {"method": "consistency_loss"},
+    "Noisy Student": {"method": "noisy_student"},
+    "EvalNet (n=2)": {"method": "evalnet", "num_teachers": 2},
+    "IM+ (n=2)": {"method": "im_plus", "num_teachers": 2},
+    "AIM+ (n=2)": {"method": "aim_plus", "num_teachers": 2},
+    "IM++ (n=2)": {"method": "im_plus_plus", "num_teachers": 2},
+    "AIM++ (n=2)": {"method": "aim_plus_plus", "num_teachers": 2},
+}
+VARIANTS.update(FAMILY)
+# studies whose generation 0 is another study's: (method -> the study it is copied from); every method
+# that starts from labeled-only students reuses IM (n=3)'s, those that start from ALDT reuse ALDT's
 GENERATION_0_FROM = {
     "IM (n=2)": "IM (n=3)",
     "LDT": "IM (n=3)",
     "IM-ignore (n=2)": "IM (n=3)",
     "AIM (n=2)": "ALDT",
+    **{m: "IM (n=3)" for m in FAMILY if m not in ("AFDT", "AIM+ (n=2)", "AIM++ (n=2)")},
+    "AIM+ (n=2)": "ALDT",
+    "AIM++ (n=2)": "ALDT",
 }
 ALL_METHODS = {**METHODS, **VARIANTS}
 
@@ -167,7 +185,8 @@ def run_one(args: argparse.Namespace, label: str, seed: int) -> float:
 def schedule(methods: list[str], seeds: list[int]) -> list[tuple[str, int]]:
     """The studies in the order they should start: each seed's IM (n = 3) study first (the others of
     that seed reuse its generation 0), then the longest studies first (IM before ALDT, FDT, LDT)."""
-    rank = {"IM (n=3)": 0, "ALDT": 1, **{m: 2 for m in GENERATION_0_FROM if m != "LDT"}, "FDT": 3, "LDT": 4}
+    rank = {"IM (n=3)": 0, "ALDT": 1, **{m: 2 for m in GENERATION_0_FROM if m != "LDT"}, "FDT": 3, "AFDT": 3}
+    rank["LDT"] = 4
     jobs = [(m, s) for m in methods for s in seeds]
     return sorted(jobs, key=lambda ms: (rank.get(ms[0], 1), ms[1]))
 

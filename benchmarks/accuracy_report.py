@@ -22,9 +22,14 @@ KEY = {"isic": ("test_iou", True), "hela": ("test_mcce", False)}
 PSEUDO = ("kept_fraction", "im_fraction", "im_fraction_kept", "label_iou", "label_iou_kept")
 
 
+#: the references: one generation, no pseudo-labels
+REFERENCES = ("LDT", "ALDT", "FDT", "AFDT")
+
+
 def is_im(method: str) -> bool:
-    """Whether a method label names an IM study (IM, IM-ignore, AIM): those have generations."""
-    return "IM" in method
+    """Whether a method label names a self-training study (every method but the references): those have
+    generations after the first."""
+    return method not in REFERENCES
 
 
 def collect(out: Path, methods: list[str], seeds: list[int], slug) -> list[dict[str, Any]]:
@@ -85,7 +90,7 @@ def gap_closure(table: list[dict[str, Any]], key: str, higher: bool) -> dict[str
         return vals[0].get(f"{key}_mean") if vals else None
 
     ldt, fdt = at("LDT", 0), at("FDT", 0)
-    out: dict[str, Any] = {"LDT": ldt, "FDT": fdt, "ALDT": at("ALDT", 0)}
+    out: dict[str, Any] = {"LDT": ldt, "FDT": fdt, "ALDT": at("ALDT", 0), "AFDT": at("AFDT", 0)}
     for method in sorted({t["method"] for t in table if is_im(t["method"])}):
         gens = sorted((t["generation"], t.get(f"{key}_mean")) for t in table if t["method"] == method)
         if not gens or ldt is None or fdt is None or fdt == ldt:
@@ -106,6 +111,38 @@ def gap_closure(table: list[dict[str, Any]], key: str, higher: bool) -> dict[str
             "best_generation": best_gen,
             "best": best,
             "closure_best": sign * (best - ldt) / (sign * (fdt - ldt)) + 0.0,
+        }
+    return out
+
+
+def method_summary(
+    table: list[dict[str, Any]], key: str, higher: bool, methods: list[str], gap: dict[str, Any]
+) -> dict[str, Any]:
+    """``methods.json``: per method, the test metric's mean and std over seeds at the generation picked on
+    the mean validation metric, that generation, its LDT -> FDT gap closure, and the metric's direction."""
+    ldt, fdt = gap.get("LDT"), gap.get("FDT")
+    sign = 1 if higher else -1
+    out: dict[str, Any] = {"metric": key, "higher_is_better": higher, "methods": {}}
+    for method in methods:
+        gens = {t["generation"]: t for t in table if t["method"] == method}
+        if not gens:
+            continue
+        vals = {g: t.get("val_key_mean") for g, t in gens.items()}
+        if all(v is not None for v in vals.values()):
+            picked = (max if higher else min)(vals, key=lambda g: vals[g])
+        else:
+            picked = max(gens)
+        t = gens[picked]
+        mean_, std_ = t.get(f"{key}_mean"), t.get(f"{key}_std")
+        closure = None
+        if mean_ is not None and ldt is not None and fdt is not None and fdt != ldt:
+            closure = sign * (mean_ - ldt) / (sign * (fdt - ldt)) + 0.0
+        out["methods"][method] = {
+            "generation": picked,
+            "mean": mean_,
+            "std": std_,
+            "seeds": t.get(f"{key}_n"),
+            "gap_closure": closure,
         }
     return out
 
@@ -158,6 +195,8 @@ def write_report(
     writer.writerows(rows)
     atomic_write_bytes(args.out / "runs.csv", buf.getvalue().encode())
     atomic_write_json(args.out / "gap_closure.json", gap)
+    summary = method_summary(table, key, higher, methods, gap)
+    atomic_write_json(args.out / "methods.json", summary)
 
     per_seed: dict[str, list[list[float]]] = {}
     for method in [m for m in methods if is_im(m)]:
@@ -233,6 +272,15 @@ def write_report(
                 f"{g['best_generation']} | {g['best']:.4f} | {g['closure_best']:.0%} |"
             )
     md += ["", f"LDT {gap.get('LDT')}, ALDT {gap.get('ALDT')}, FDT {gap.get('FDT')} (means of {key}).", ""]
+    md += ["## Every method at the generation picked on validation (methods.json)", ""]
+    md.append(f"| method | generation | {key} mean | std | seeds | gap closure |")
+    md.append("|---|---|---|---|---|---|")
+    for method, m in summary["methods"].items():
+        closure = f"{m['gap_closure']:.0%}" if m["gap_closure"] is not None else ""
+        mean_ = f"{m['mean']:.4f}" if m["mean"] is not None else ""
+        std_ = f"{m['std']:.4f}" if m["std"] is not None else ""
+        md.append(f"| {method} | {m['generation']} | {mean_} | {std_} | {m['seeds']} | {closure} |")
+    md.append("")
     md += ["## Pseudo-labels (IM studies; means over seeds)", ""]
     md.append(
         "`label_iou`: agreement of the pseudo-labels with the hidden true labels outside the IM, over all "

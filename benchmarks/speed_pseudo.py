@@ -148,17 +148,19 @@ def _components(
 
     level = PseudoLabeler(strategy, progress=False).compress_level  # the writer's own PNG setting
 
-    def write() -> None:
-        # every image of the batch, as if all were accepted: the per-image cost of the writer
+    def write(with_images: bool) -> None:
+        # every image of the batch, as if all were accepted: the per-image cost of the writer; it writes a
+        # pseudo-label and an IM per image, and the masked image only with save_masked_images
         out = work / f"png_{next(counter)}"
         out.mkdir()
-        imgs = (masked.float() * 255.0).cpu().numpy()
         labels = (result.label.float() * 255.0).cpu().numpy()
         ims = (result.im.float() * 255).cpu().numpy()
-        for j in range(imgs.shape[0]):
-            save_png(out / f"i{j}.png", imgs[j], compress_level=level)
+        imgs = (masked.float() * 255.0).cpu().numpy() if with_images else None
+        for j in range(labels.shape[0]):
             save_png(out / f"l{j}.png", labels[j], compress_level=level)
             save_png(out / f"m{j}.png", ims[j], compress_level=level)
+            if imgs is not None:
+                save_png(out / f"i{j}.png", imgs[j], compress_level=level)
 
     steps = {
         "read + preprocess (transforms), collate": lambda: list_data_collate(
@@ -171,7 +173,8 @@ def _components(
         ),
         "IM + acceptance (strategy)": lambda: strategy(probs),
         "mask_image": lambda: mask_image(images, result.im, 0.0),
-        f"PNG writing (32 images x 3 files, 1 thread, zlib level {level})": write,
+        f"PNG writing (32 images x 2 files: label, IM; 1 thread, zlib level {level})": lambda: write(False),
+        "PNG writing of the masked images too (save_masked_images, 3 files)": lambda: write(True),
     }
     timings: dict[str, dict[str, Any]] = {}
     for name, fn in steps.items():

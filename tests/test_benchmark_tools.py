@@ -92,3 +92,40 @@ def test_speedup_line_names_the_fastest_setting_of_each_workload(scripts):
         "speed-up at 256x256: training 5.42x, pseudo-labelling 5.77x (eager fp32 = 1.00x)"
     )
     assert "bundle defaults 2.86x" in sp.fastest_settings_line(result)
+
+
+def test_methods_json_picks_the_generation_on_validation_and_gives_gap_closure(scripts):
+    report = scripts("accuracy_report")
+    key = "test_iou"
+
+    def row(method, gen, test, val, n=3):
+        return {
+            "method": method,
+            "generation": gen,
+            f"{key}_mean": test,
+            f"{key}_std": 0.01,
+            f"{key}_n": n,
+            "val_key_mean": val,
+        }
+
+    table = [
+        row("LDT", 0, 0.50, 0.5),
+        row("FDT", 0, 0.70, 0.7),
+        row("IM (n=2)", 0, 0.50, 0.5),
+        row("IM (n=2)", 1, 0.65, 0.66),  # best on validation
+        row("IM (n=2)", 2, 0.68, 0.60),  # best on test, not picked
+    ]
+    gap = report.gap_closure(table, key, True)
+    out = report.method_summary(table, key, True, ["LDT", "FDT", "IM (n=2)"], gap)
+    im = out["methods"]["IM (n=2)"]
+    assert im["generation"] == 1 and im["mean"] == 0.65 and im["seeds"] == 3
+    assert im["gap_closure"] == pytest.approx(0.75)
+    assert out["methods"]["LDT"]["gap_closure"] == 0 and out["higher_is_better"] is True
+    lower = report.method_summary(
+        [row("LDT", 0, 9.0, 9.0), row("FDT", 0, 3.0, 3.0), row("AIM", 1, 4.5, 4.0)],
+        "test_iou",
+        False,
+        ["LDT", "FDT", "AIM"],
+        {"LDT": 9.0, "FDT": 3.0},
+    )
+    assert lower["methods"]["AIM"]["gap_closure"] == pytest.approx(0.75)
