@@ -262,3 +262,28 @@ def test_another_study_is_refused_before_any_work_and_overwrite_starts_over(
     identity = json.loads((out / "study.json").read_text())
     assert identity["method"] == "ldt" and identity["seed"] == 1
     assert json.loads((out / "results.json").read_text())["study"]["method"] == "ldt"
+
+
+def test_pseudo_labeled_items_follow_a_moved_dataset(make_study, tiny_data, tmp_path, count_training):
+    """A pseudo-label set refers to the original unlabeled images by index: after the dataset moved, a
+    resumed generation trains on the images where they are now."""
+    from monai_im.engines import InconsistencyMaskStrategy
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    method = InconsistencyMaskStrategy(min_foreground=0, foreground_exceeds_im=False)
+    out = tmp_path / "study"
+    make_study(data, out, num_generations=1, method=method).run()
+    # interrupt generation 1 after its pseudo-labels: its students and summary are gone
+    for p in (out / "generation_1").iterdir():
+        if p.name != "pseudo_labels":
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+    moved = tmp_path / "moved"
+    shutil.move(data, moved)
+    count_training.clear()
+    study = make_study(moved, out, num_generations=1, method=method)
+    plr, resumed = study.pseudo_label(1, [])
+    assert resumed and plr.items
+    assert all(Path(it["image"]).is_file() and str(moved) in it["image"] for it in plr.items)
+    study.run()
+    assert count_training == [(1, 0), (1, 1)]
