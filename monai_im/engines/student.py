@@ -213,6 +213,8 @@ def train_student(
     def _record(engine) -> None:
         engine.state.epoch_loss = float(loss_sum["total"]) / max(loss_sum["count"], 1)
         row = {"epoch": engine.state.epoch, "train_loss": engine.state.epoch_loss}
+        # the epoch means a method's own training step reports (e.g. supervised and unsupervised loss)
+        row.update({k: float(v) for k, v in engine.state.metrics.items() if _is_number(v)})
         if evaluator.state.epoch == engine.state.epoch:
             row.update({k: float(v) for k, v in evaluator.state.metrics.items() if _is_number(v)})
         history.append(row)

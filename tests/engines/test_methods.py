@@ -48,6 +48,11 @@ BUNDLE_OPTIONS = {
     "evalnet_epochs": 30,
     "replication_bins": [0.6, 0.7, 0.8, 0.9],
     "consistency_weight": 1.0,
+    "ssl_threshold": 0.95,
+    "ssl_weight": 1.0,
+    "ema_decay": 0.99,
+    "ramp_up_steps": 200,
+    "im_views": 3,
 }
 
 
@@ -75,7 +80,8 @@ def test_every_method_builds_from_the_bundle_options_and_describes_itself(name):
 def test_the_paper_family_is_complete():
     paper = {"ldt", "aldt", "fdt", "afdt", "model_ensemble", "input_ensemble", "consistency_loss"}
     paper |= {"noisy_student", "evalnet", "im", "aim", "im_plus", "aim_plus", "im_plus_plus", "aim_plus_plus"}
-    assert set(METHODS) == paper
+    continuous = {"fixmatch", "fixmatch_im", "mean_teacher", "mean_teacher_im", "cps", "cps_im"}
+    assert set(METHODS) == paper | continuous
 
 
 def test_a_bad_option_value_stops_the_bundle_in_one_line():

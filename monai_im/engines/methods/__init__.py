@@ -7,6 +7,15 @@ from __future__ import annotations
 
 from monai_im.engines.methods.base import GenerationContext, Method, PseudoLabels
 from monai_im.engines.methods.consistency import ConsistencyLoss
+from monai_im.engines.methods.continuous import (
+    ContinuousMethod,
+    CrossPseudoSupervision,
+    CrossPseudoSupervisionIM,
+    FixMatch,
+    FixMatchIM,
+    MeanTeacher,
+    MeanTeacherIM,
+)
 from monai_im.engines.methods.evalnet import AIMPlusPlus, EvalNetFilter, IMPlusPlus, QualityScored, as_masks
 from monai_im.engines.methods.labeled import AugmentedFullData, AugmentedLabeled, FullData, LabeledOnly
 from monai_im.engines.methods.noisy import AIMPlus, IMPlus, NoisySchedule, NoisyStudent
@@ -40,6 +49,13 @@ __all__ = [
     "IMPlusPlus",
     "AIMPlusPlus",
     "ConsistencyLoss",
+    "ContinuousMethod",
+    "FixMatch",
+    "FixMatchIM",
+    "MeanTeacher",
+    "MeanTeacherIM",
+    "CrossPseudoSupervision",
+    "CrossPseudoSupervisionIM",
     "consensus",
     "as_masks",
     "METHODS",

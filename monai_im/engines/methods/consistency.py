@@ -61,7 +61,7 @@ class ConsistencyLoss(Method):
             return None
         from monai_im.engines.iterations import ConsistencyIteration, photometric_views
 
-        seed = study.student_seed(generation, 999)
+        seed = int(torch.initial_seed()) % 2**31  # the student's own seed: the study seeds torch with it first
         views = photometric_views(
             torch.Generator().manual_seed(seed),
             brightness=self.brightness,

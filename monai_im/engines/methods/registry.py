@@ -7,6 +7,14 @@ from typing import Any
 
 from monai_im.engines.methods.base import Method
 from monai_im.engines.methods.consistency import ConsistencyLoss
+from monai_im.engines.methods.continuous import (
+    CrossPseudoSupervision,
+    CrossPseudoSupervisionIM,
+    FixMatch,
+    FixMatchIM,
+    MeanTeacher,
+    MeanTeacherIM,
+)
 from monai_im.engines.methods.evalnet import AIMPlusPlus, EvalNetFilter, IMPlusPlus
 from monai_im.engines.methods.labeled import AugmentedFullData, AugmentedLabeled, FullData, LabeledOnly
 from monai_im.engines.methods.noisy import AIMPlus, IMPlus, NoisyStudent
@@ -38,6 +46,12 @@ METHODS: dict[str, type[Method]] = {
         AIMPlus,
         IMPlusPlus,
         AIMPlusPlus,
+        FixMatch,
+        FixMatchIM,
+        MeanTeacher,
+        MeanTeacherIM,
+        CrossPseudoSupervision,
+        CrossPseudoSupervisionIM,
     )
 }
 
