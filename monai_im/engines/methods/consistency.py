@@ -61,7 +61,8 @@ class ConsistencyLoss(Method):
             return None
         from monai_im.engines.iterations import ConsistencyIteration, photometric_views
 
-        seed = int(torch.initial_seed()) % 2**31  # the student's own seed: the study seeds torch with it first
+        # the student's own seed: the study seeds torch with it before asking for the step
+        seed = int(torch.initial_seed()) % 2**31
         views = photometric_views(
             torch.Generator().manual_seed(seed),
             brightness=self.brightness,
