@@ -177,7 +177,17 @@ class _Replicated(QualityScored):
 
     im_pairs = True
 
-    def _init_replication(self, replication_bins: Sequence[float]) -> None:
+    def __init__(
+        self,
+        replication_bins: Sequence[float] = (0.6, 0.7, 0.8, 0.9),
+        evalnet_alpha: float = 1.0,
+        evalnet_epochs: int = 30,
+        evalnet_batch_size: int = 16,
+        evalnet_learning_rate: float = 1e-3,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)  # the IM+ / AIM+ method this is mixed into
+        self._init_quality(evalnet_alpha, evalnet_epochs, evalnet_batch_size, evalnet_learning_rate)
         bins = [float(b) for b in replication_bins]
         if any(b2 <= b1 for b1, b2 in zip(bins, bins[1:])):
             raise ValueError(f"replication_bins must increase, got {bins}")
@@ -211,8 +221,9 @@ class _Replicated(QualityScored):
         pseudo = [{k: v for k, v in it.items() if k != "score"} for it in pseudo_items]
         return base + [dict(it) for it, n in zip(pseudo, counts) for _ in range(int(n))]
 
-    def describe_replication(self) -> dict[str, Any]:
-        return {**self.describe_quality(), "replication_bins": list(self.replication_bins)}
+    def describe(self) -> dict[str, Any]:  # noqa: D102
+        replication = {**self.describe_quality(), "replication_bins": list(self.replication_bins)}
+        return {**super().describe(), **replication}  # type: ignore[misc]
 
 
 class IMPlusPlus(_Replicated, IMPlus):
@@ -227,45 +238,14 @@ class IMPlusPlus(_Replicated, IMPlus):
 
     name = "im_plus_plus"
 
-    def __init__(
-        self,
-        replication_bins: Sequence[float] = (0.6, 0.7, 0.8, 0.9),
-        evalnet_alpha: float = 1.0,
-        evalnet_epochs: int = 30,
-        evalnet_batch_size: int = 16,
-        evalnet_learning_rate: float = 1e-3,
-        **kwargs: Any,
-    ) -> None:
-        IMPlus.__init__(self, **kwargs)
-        self._init_quality(evalnet_alpha, evalnet_epochs, evalnet_batch_size, evalnet_learning_rate)
-        self._init_replication(replication_bins)
-
-    def describe(self) -> dict[str, Any]:  # noqa: D102
-        return {**IMPlus.describe(self), **self.describe_replication()}
-
 
 class AIMPlusPlus(_Replicated, AIMPlus):
     """AIM++: AIM+ whose pseudo-labels are replicated 1..5 times by an EvalNet's estimated IoU.
 
     Args:
-        replication_bins: see :class:`IMPlusPlus`.
-        kwargs: the options of :class:`~monai_im.engines.methods.noisy.AIMPlus` and the EvalNet options.
+        replication_bins, evalnet_alpha, evalnet_epochs, evalnet_batch_size, evalnet_learning_rate: see
+            :class:`IMPlusPlus`.
+        kwargs: the options of :class:`~monai_im.engines.methods.noisy.AIMPlus`.
     """
 
     name = "aim_plus_plus"
-
-    def __init__(
-        self,
-        replication_bins: Sequence[float] = (0.6, 0.7, 0.8, 0.9),
-        evalnet_alpha: float = 1.0,
-        evalnet_epochs: int = 30,
-        evalnet_batch_size: int = 16,
-        evalnet_learning_rate: float = 1e-3,
-        **kwargs: Any,
-    ) -> None:
-        AIMPlus.__init__(self, **kwargs)
-        self._init_quality(evalnet_alpha, evalnet_epochs, evalnet_batch_size, evalnet_learning_rate)
-        self._init_replication(replication_bins)
-
-    def describe(self) -> dict[str, Any]:  # noqa: D102
-        return {**AIMPlus.describe(self), **self.describe_replication()}

@@ -30,14 +30,16 @@ class NoisySchedule:
         schedule_generations: generations over which width and noise grow.
     """
 
-    def _init_schedule(
+    def __init__(
         self,
-        width_start: float | None,
-        width_end: float | None,
-        noise_start: float,
-        noise_end: float,
-        schedule_generations: int,
+        width_start: float | None = None,
+        width_end: float | None = None,
+        noise_start: float = 0.02,
+        noise_end: float = 0.1,
+        schedule_generations: int = 5,
+        **kwargs: Any,
     ) -> None:
+        super().__init__(**kwargs)  # the method this schedule is mixed into
         if int(schedule_generations) < 1:
             raise ValueError(f"schedule_generations must be >= 1, got {schedule_generations}")
         if not 0.0 <= float(noise_start) <= float(noise_end):
@@ -87,8 +89,9 @@ class NoisySchedule:
 
         return noisy_student_augmentation(self.noise(generation))
 
-    def describe_schedule(self) -> dict[str, Any]:
+    def describe(self) -> dict[str, Any]:  # noqa: D102
         return {
+            **super().describe(),  # type: ignore[misc]
             "width_start": self.width_start,
             "width_end": self.width_end,
             "noise_start": self.noise_start,
@@ -111,31 +114,14 @@ class NoisyStudent(NoisySchedule, ModelEnsemble):
     """Noisy Student: the best teacher's hard pseudo-labels, wider students on noisier inputs.
 
     Args:
-        mode: "binary", "multiclass" or "multilabel".
-        threshold: foreground threshold of the teacher's hard labels.
         width_start, width_end, noise_start, noise_end, schedule_generations: see :class:`NoisySchedule`.
+        kwargs: the options of :class:`~monai_im.engines.methods.pseudo.ModelEnsemble` (mode, threshold).
     """
 
     name = "noisy_student"
 
-    def __init__(
-        self,
-        mode: str = "binary",
-        threshold: float = 0.5,
-        width_start: float | None = None,
-        width_end: float | None = None,
-        noise_start: float = 0.02,
-        noise_end: float = 0.1,
-        schedule_generations: int = 5,
-    ) -> None:
-        ModelEnsemble.__init__(self, mode=mode, threshold=threshold)
-        self._init_schedule(width_start, width_end, noise_start, noise_end, schedule_generations)
-
     def teacher_count(self, num_teachers: int) -> int:  # noqa: D102
         return 1
-
-    def describe(self) -> dict[str, Any]:  # noqa: D102
-        return {**ModelEnsemble.describe(self), **self.describe_schedule()}
 
 
 class IMPlus(NoisySchedule, InconsistencyMask):
@@ -148,54 +134,19 @@ class IMPlus(NoisySchedule, InconsistencyMask):
 
     name = "im_plus"
 
-    def __init__(
-        self,
-        width_start: float | None = None,
-        width_end: float | None = None,
-        noise_start: float = 0.02,
-        noise_end: float = 0.1,
-        schedule_generations: int = 5,
-        **kwargs: Any,
-    ) -> None:
-        InconsistencyMask.__init__(self, **kwargs)
-        self._init_schedule(width_start, width_end, noise_start, noise_end, schedule_generations)
-
-    def describe(self) -> dict[str, Any]:  # noqa: D102
-        return {**InconsistencyMask.describe(self), **self.describe_schedule()}
-
 
 class AIMPlus(NoisySchedule, AugmentedInconsistencyMask):
     """AIM+: IM+ starting from ALDT (generation 0) and keeping the augmented labeled set
     (each labeled image with its ``copies`` augmented views) next to the IM pairs in every generation.
 
     Args:
-        copies: augmented views per labeled image (the paper: 9).
         width_start, width_end, noise_start, noise_end, schedule_generations: see :class:`NoisySchedule`.
-        kwargs: the options of :class:`InconsistencyMask`.
+        kwargs: the options of :class:`AugmentedInconsistencyMask` (copies, augmentation) and of
+            :class:`InconsistencyMask`.
     """
 
     name = "aim_plus"
     augment_labeled = True
 
-    def __init__(
-        self,
-        mode: str = "binary",
-        copies: int = 9,
-        augmentation: Callable | None = None,
-        width_start: float | None = None,
-        width_end: float | None = None,
-        noise_start: float = 0.02,
-        noise_end: float = 0.1,
-        schedule_generations: int = 5,
-        **kwargs: Any,
-    ) -> None:
-        AugmentedInconsistencyMask.__init__(
-            self, mode=mode, copies=copies, augmentation=augmentation, **kwargs
-        )
-        self._init_schedule(width_start, width_end, noise_start, noise_end, schedule_generations)
-
     def training_items(self, datalist, pseudo_items, generation=0):  # noqa: D102
         return augmented_copies(datalist["labeled"], self.copies) + [dict(it) for it in pseudo_items]
-
-    def describe(self) -> dict[str, Any]:  # noqa: D102
-        return {**AugmentedInconsistencyMask.describe(self), **self.describe_schedule()}
