@@ -15,12 +15,10 @@ study's parent MLflow run; a store that cannot be reached only costs a warning.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import logging
-import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -103,20 +101,6 @@ def disagreement_scores(probs: torch.Tensor, mode: str, threshold: float = 0.5) 
         "im_per_foreground": per_foreground,
     }
     return {k: v.float() for k, v in scores.items()}
-
-
-@contextlib.contextmanager
-def _short_http_retries() -> Iterator[None]:
-    """MLflow's HTTP retries bounded as the study's tracking does (where the user set none)."""
-    from monai_im.handlers.mlflow_store import HTTP_LIMITS
-
-    added = [k for k in HTTP_LIMITS if k not in os.environ]
-    os.environ.update({k: HTTP_LIMITS[k] for k in added})
-    try:
-        yield
-    finally:
-        for k in added:
-            os.environ.pop(k, None)
 
 
 class Suggester:
@@ -330,7 +314,9 @@ class Suggester:
                 return False
             from mlflow import MlflowClient
 
-            with _short_http_retries():
+            from monai_im.handlers.mlflow_store import http_limits
+
+            with http_limits():
                 client = MlflowClient(tracking_uri=uri)
                 for f in files:
                     client.log_artifact(run_id, str(f), self.FOLDER)

@@ -31,6 +31,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 __all__ = [
+    "http_limits",
     "EXPERIMENT_KIND_TAG",
     "HTTP_LIMITS",
     "MODEL_TRAINING_KIND",
@@ -268,7 +269,7 @@ def log_values(
 
 
 @contextlib.contextmanager
-def _http_limits() -> Iterator[None]:
+def http_limits() -> Iterator[None]:
     """:data:`HTTP_LIMITS` in the environment for the duration of the block, where the user set none."""
     added = [k for k in HTTP_LIMITS if k not in os.environ]
     os.environ.update({k: HTTP_LIMITS[k] for k in added})
@@ -328,7 +329,7 @@ class CallQueue:
             return False
         self._last_try = time.monotonic()
         sent = 0
-        with _http_limits():
+        with http_limits():
             while self.pending:
                 call = self.pending[0]
                 try:
