@@ -65,8 +65,17 @@ FAMILY = {
     "AIM+ (n=2)": {"method": "aim_plus", "num_teachers": 2},
     "IM++ (n=2)": {"method": "im_plus_plus", "num_teachers": 2},
     "AIM++ (n=2)": {"method": "aim_plus_plus", "num_teachers": 2},
+    # continuous semi-supervised methods, with and without IM (generation 0 only)
+    "FixMatch": {"method": "fixmatch"},
+    "FixMatch+IM": {"method": "fixmatch_im"},
+    "Mean Teacher": {"method": "mean_teacher"},
+    "Mean Teacher+IM": {"method": "mean_teacher_im"},
+    "CPS": {"method": "cps"},
+    "CPS+IM": {"method": "cps_im"},
 }
 VARIANTS.update(FAMILY)
+#: methods whose generation 0 is their own semi-supervised training (nothing to reuse)
+CONTINUOUS = ("FixMatch", "FixMatch+IM", "Mean Teacher", "Mean Teacher+IM", "CPS", "CPS+IM")
 # studies whose generation 0 is another study's: (method -> the study it is copied from); every method
 # that starts from labeled-only students reuses IM (n=3)'s, those that start from ALDT reuse ALDT's
 GENERATION_0_FROM = {
@@ -74,7 +83,7 @@ GENERATION_0_FROM = {
     "LDT": "IM (n=3)",
     "IM-ignore (n=2)": "IM (n=3)",
     "AIM (n=2)": "ALDT",
-    **{m: "IM (n=3)" for m in FAMILY if m not in ("AFDT", "AIM+ (n=2)", "AIM++ (n=2)")},
+    **{m: "IM (n=3)" for m in FAMILY if m not in ("AFDT", "AIM+ (n=2)", "AIM++ (n=2)", *CONTINUOUS)},
     "AIM+ (n=2)": "ALDT",
     "AIM++ (n=2)": "ALDT",
 }
@@ -291,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     publish = args.publish or REPO / "benchmarks" / "results" / args.dataset
     publish.mkdir(parents=True, exist_ok=True)
     for f in report.parent.iterdir():
-        if f.suffix in (".md", ".csv", ".png") or f.name == "gap_closure.json":
+        if f.suffix in (".md", ".csv", ".png") or f.name in ("gap_closure.json", "methods.json"):
             shutil.copy2(f, publish / f.name)
     print(report.read_text())
     print(f"report, tables and plot copied to {publish}")

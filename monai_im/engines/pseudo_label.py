@@ -2,7 +2,8 @@
 
 The teachers predict each batch once (:meth:`Method.predict`); the method turns the stacked
 probabilities into pseudo-labels (and an Inconsistency Mask, and a quality score); accepted pairs
-are written as PNG files while the next batch is computed, and the IM figure beside them. Nothing of the unlabeled set is held in memory beyond one batch,
+are written as PNG files while the next batch is computed, and the IM figure beside them.
+Nothing of the unlabeled set is held in memory beyond one batch,
 and the output folder appears only once it is complete (see :func:`monai_im.io.atomic_directory`).
 """
 
@@ -215,6 +216,7 @@ class PseudoLabeler:
         quality_kept: list[float] = []
         scores: list[torch.Tensor] = []
         figure: FigureSample | None = None
+        drawn: Future | None = None
         items: list[dict[str, Any]] = []
         output_dir = Path(output_dir)
         with atomic_directory(output_dir, overwrite=True) as tmp, ThreadPoolExecutor(max_workers=2) as pool:
@@ -249,6 +251,8 @@ class PseudoLabeler:
                     quality_kept.extend(iou[accepted].tolist())
                 if figure is None and self.num_figure_images > 0:
                     figure = self._figure(images, probs, result, masked)
+                    # drawn by a writer thread while the teachers go on (matplotlib's Agg canvas, no pyplot)
+                    drawn = pool.submit(figure.plot, tmp / PseudoLabelResult.FIGURE)
                 # bound memory: wait for the previous batch's files before queueing this one's
                 for f in pending:
                     f.result()
@@ -260,7 +264,7 @@ class PseudoLabeler:
                 f.result()
             stats = {**self._stats(totals, quality, quality_kept), **self._score_stats(scores)}
             stats.update({k: float(v) for k, v in (extra_stats or {}).items()})
-            figure_path = figure.plot(tmp / PseudoLabelResult.FIGURE) if figure is not None else None
+            figure_path = drawn.result() if figure is not None else None
             write_datalist(
                 tmp / "datalist.json", {"pseudo_labeled": [self._relative(it, tmp) for it in items]}
             )
