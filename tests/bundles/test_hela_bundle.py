@@ -45,12 +45,16 @@ def test_multilabel_study_tracks_cell_count_error(hela_tiny, tmp_path):
     base = out / "generation_1" / "pseudo_labels"
     rows = json.loads((base / "datalist.json").read_text())["pseudo_labeled"]
     assert rows
+    from monai_im.transforms import image_segmentation_transforms
+
+    load = image_segmentation_transforms((32, 32), num_channels=1, mode="multilabel", label_channels=3)
     for row in rows:
         lab = np.array(Image.open(base / row["label"]))
         im = np.array(Image.open(base / row["im"])) > 127
-        img = np.array(Image.open(base / row["image"]))
-        assert lab.shape == (32, 32, 3) and img.shape == (32, 32)
-        assert (lab[im] == 0).all() and (img[im] == 0).all()
+        assert lab.shape == (32, 32, 3) and (lab[im] == 0).all()
+        pair = load({"image": row["image"], "label": str(base / row["label"]), "im": str(base / row["im"])})
+        assert (pair["image"][:, im.T] == 0).all(), "the IM is cut out of the image at load"
+        assert (pair["label"][:, im.T] == 0).all()
     client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
     exp = client.get_experiment_by_name("hela_im_demo")
     parent = [r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" not in r.data.tags]

@@ -96,7 +96,12 @@ def test_study_end_to_end_then_resume_after_interruption(isic_tiny, tmp_path, mo
     assert all("test_iou" in g["test"] and "test_dice" in g["test"] for g in results["generations"])
     assert (out / "model.pt").is_file()
 
-    # pseudo-labels carry the IM cut-outs: image and label are 0 wherever the IM is set
+    # pseudo-labels carry the IM cut-outs: the label is 0 wherever the IM is set, and the training
+    # transforms cut the IM out of the original image the row refers to
+    from monai_im.transforms import image_segmentation_transforms
+
+    unlabeled = json.loads((Path(isic_tiny) / "datalist.json").read_text())["unlabeled"]
+    load = image_segmentation_transforms((32, 32), num_channels=3)
     cut_pixels = 0
     for gen in (1, 2):
         rows = json.loads((out / f"generation_{gen}" / "pseudo_labels" / "datalist.json").read_text())[
@@ -106,11 +111,14 @@ def test_study_end_to_end_then_resume_after_interruption(isic_tiny, tmp_path, mo
         for row in rows:
             base = out / f"generation_{gen}" / "pseudo_labels"
             im = np.array(Image.open(base / row["im"])) > 127
-            img = np.array(Image.open(base / row["image"]))
             lab = np.array(Image.open(base / row["label"]))
-            assert img.shape[:2] == lab.shape == im.shape == (32, 32)
-            assert (img[im] == 0).all() and (lab[im] == 0).all()
-            assert set(np.unique(lab)) <= {0, 255}
+            assert lab.shape == im.shape == (32, 32)
+            assert (lab[im] == 0).all() and set(np.unique(lab)) <= {0, 255}
+            assert Path(row["image"]).name == Path(unlabeled[row["source"]]["image"]).name
+            pair = load(
+                {"image": row["image"], "label": str(base / row["label"]), "im": str(base / row["im"])}
+            )
+            assert (pair["image"][:, im.T] == 0).all(), "the IM is cut out of the image at load"
             cut_pixels += int(im.sum())
     assert cut_pixels > 0, "undertrained teachers disagree somewhere"
 
