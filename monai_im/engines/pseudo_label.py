@@ -227,6 +227,8 @@ class PseudoLabeler:
             start = 0
             for batch in bar:
                 images = convert_to_tensor(batch["image"], track_meta=False).to(self.device)
+                # once for all teachers (each prepared teacher would convert the batch again)
+                images = self.run_settings.to_memory_format(images)
                 probs = self.strategy.activation(
                     self.strategy.predict(teachers, images, self.inferer), channel_dim=2
                 )
