@@ -9,6 +9,7 @@ from monai_im.engines.inferers import AdaptiveInferer, ensemble_predict
 from monai_im.engines.layout import StudyLayout, StudyMismatchError, dataset_fingerprint, study_identity
 from monai_im.engines.methods import METHODS, GenerationContext, Method, build_method
 from monai_im.engines.pseudo_label import FigureSample, PseudoLabeler, PseudoLabelResult
+from monai_im.engines.quality import QualityEstimator, QualityReport, mask_iou
 from monai_im.engines.strategies import (
     AugmentedInconsistencyMaskStrategy,
     AugmentedLabeledStrategy,
@@ -28,6 +29,7 @@ from monai_im.engines.student import (
     train_student,
 )
 from monai_im.engines.study import TEACHER_POOLS, SelfTrainingStudy
+from monai_im.engines.suggest import SCORES, Suggester, SuggestionError, disagreement_scores, suggest
 
 __all__ = [
     "PRECISIONS",
@@ -62,6 +64,14 @@ __all__ = [
     "GenerationContext",
     "METHODS",
     "build_method",
+    "QualityEstimator",
+    "QualityReport",
+    "mask_iou",
+    "SCORES",
+    "Suggester",
+    "SuggestionError",
+    "disagreement_scores",
+    "suggest",
     "StudyLayout",
     "StudyMismatchError",
     "dataset_fingerprint",
