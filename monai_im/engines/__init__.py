@@ -29,7 +29,7 @@ from monai_im.engines.student import (
     train_student,
 )
 from monai_im.engines.study import TEACHER_POOLS, SelfTrainingStudy
-from monai_im.engines.suggest import SCORES, Suggester, SuggestionError, disagreement_scores, suggest
+from monai_im.engines.suggest import SCORES, Suggester, SuggestionError, disagreement_scores
 
 __all__ = [
     "PRECISIONS",
@@ -71,7 +71,6 @@ __all__ = [
     "Suggester",
     "SuggestionError",
     "disagreement_scores",
-    "suggest",
     "StudyLayout",
     "StudyMismatchError",
     "dataset_fingerprint",
