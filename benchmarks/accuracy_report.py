@@ -325,7 +325,13 @@ def _log_mlflow(args, methods: list[str], gap: dict[str, Any], files: list[Path 
         client.log_param(rid, k, str(v))
     for method in [m for m in methods if is_im(m)]:
         if method in gap:
-            tag = method.replace(" ", "").replace("(", "_").replace(")", "").replace("=", "")
+            tag = (
+                method.replace(" ", "")
+                .replace("(", "_")
+                .replace(")", "")
+                .replace("=", "")
+                .replace("+", "plus")
+            )
             client.log_metric(rid, f"gap_closure_final_{tag}", gap[method]["closure_final"])
             client.log_metric(rid, f"gap_closure_best_{tag}", gap[method]["closure_best"])
     for f in files:
