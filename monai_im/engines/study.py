@@ -219,6 +219,7 @@ class SelfTrainingStudy(StudyEventRegistry):
         self.progress = progress
         self._val_loader: DataLoader | None = None
         self._test_loader: DataLoader | None = None
+        self._unlabeled_ds: CacheDataset | None = None
         for h in handlers:
             h.attach(self)
         if num_generations > 0 and not self.method.has_generations:
@@ -325,17 +326,21 @@ class SelfTrainingStudy(StudyEventRegistry):
         return self._test_loader
 
     def unlabeled_loader(self, seed: int) -> DataLoader:
-        """A shuffled loader over the unlabeled images (``image``), for methods with their own step."""
-        items = [{"image": it["image"]} for it in self.datalist.get("unlabeled", [])]
-        if not items:
-            raise ValueError("the datalist has no 'unlabeled' images")
+        """A shuffled loader over the unlabeled images (``image``), for methods with their own step.
+
+        The images are read and cached once per study; each loader only draws its own order."""
+        if self._unlabeled_ds is None:
+            items = [{"image": it["image"]} for it in self.datalist.get("unlabeled", [])]
+            if not items:
+                raise ValueError("the datalist has no 'unlabeled' images")
+            self._unlabeled_ds = self._dataset(items, self.infer_transforms)
         return DataLoader(
-            self._dataset(items, self.infer_transforms),
+            self._unlabeled_ds,
             batch_size=self.batch_size,
             shuffle=True,
             num_workers=self.num_workers,
             generator=torch.Generator().manual_seed(seed),
-            drop_last=len(items) > self.batch_size,
+            drop_last=len(self._unlabeled_ds) > self.batch_size,
         )
 
     # ------------------------------------------------------------------ steps

@@ -24,7 +24,7 @@ hook                            used by
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -88,7 +88,6 @@ class GenerationContext:
     progress: bool = False
     run_settings: Any = None
     method: Method | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def labeled_batches(self, split: str = "labeled") -> Any:
         """A DataLoader over the ``split`` items (``image`` and ``label``) through ``eval_transforms``."""
