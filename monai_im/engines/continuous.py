@@ -34,7 +34,7 @@ Common definitions:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -226,6 +226,34 @@ class SemiSupervisedIteration:
     def after_step(self, engine: SupervisedTrainer) -> None:
         """Called after the optimizers stepped (e.g. the EMA teacher update)."""
 
+    # ------------------------------------------------------------------ epoch checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """The step's state for an epoch checkpoint: the position in the unlabeled data, the random
+        generators (views and strong view) and :meth:`extra_state` (the method's own networks)."""
+        strong = getattr(getattr(self, "strong_view", None), "generator", None)
+        return {
+            "source": self._source.state_dict(),
+            "generator": self.generator.get_state(),
+            "strong": strong.get_state() if isinstance(strong, torch.Generator) else None,
+            "extra": self.extra_state(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from :meth:`state_dict`."""
+        self._source.load_state_dict(state["source"])
+        self.generator.set_state(state["generator"])
+        strong = getattr(getattr(self, "strong_view", None), "generator", None)
+        if state.get("strong") is not None and isinstance(strong, torch.Generator):
+            strong.set_state(state["strong"])
+        self.load_extra_state(state.get("extra") or {})
+
+    def extra_state(self) -> dict[str, Any]:
+        """A method's own state (e.g. an EMA teacher); tensors and containers only."""
+        return {}
+
+    def load_extra_state(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`extra_state` (it may be applied lazily, at the next :meth:`setup`)."""
+
     # ------------------------------------------------------------------ helpers
     def random_views(self, images: Tensor, n: int = 1) -> list[View]:
         """``n`` distinct random geometric views of the batch ``images`` (one draw of the generator)."""
@@ -388,6 +416,7 @@ class MeanTeacherIteration(SemiSupervisedIteration):
         self.teacher, self.decay = teacher, float(decay)
         self.strong_view = strong_view if strong_view is not None else photometric_views(self.generator)
         self._started = False
+        self._restored: Mapping[str, Tensor] | None = None
 
     def setup(self, engine: SupervisedTrainer) -> None:  # noqa: D102
         if self._started:
@@ -398,9 +427,19 @@ class MeanTeacherIteration(SemiSupervisedIteration):
             self.teacher = copy.deepcopy(engine.network)
         else:
             self.teacher.load_state_dict(engine.network.state_dict())
+        if self._restored is not None:  # resumed from an epoch checkpoint: the EMA weights so far
+            self.teacher.load_state_dict(self._restored)
+            self._restored = None
         for p in self.teacher.parameters():
             p.requires_grad_(False)
         self._started = True
+
+    def extra_state(self) -> dict[str, Any]:  # noqa: D102
+        return {"teacher": self.teacher.state_dict()} if self._started else {}
+
+    def load_extra_state(self, state: Mapping[str, Any]) -> None:  # noqa: D102
+        self._restored = state.get("teacher")
+        self._started = False
 
     def unsupervised(self, engine: SupervisedTrainer, unlabeled: Tensor) -> UnsupervisedTerm:  # noqa: D102
         view = self.random_views(unlabeled)[0]
@@ -446,6 +485,7 @@ class CrossPseudoSupervisionIteration(SemiSupervisedIteration):
     ) -> None:
         super().__init__(unlabeled_loader, **kwargs)
         self.second, self.second_optimizer = second, second_optimizer
+        self._restored_optimizer: Mapping[str, Any] | None = None
 
     def setup(self, engine: SupervisedTrainer) -> None:  # noqa: D102
         if self.second_optimizer is None:
@@ -453,6 +493,20 @@ class CrossPseudoSupervisionIteration(SemiSupervisedIteration):
             self.second_optimizer = torch.optim.AdamW(
                 self.second.parameters(), lr=group["lr"], weight_decay=group.get("weight_decay", 0.01)
             )
+        if self._restored_optimizer is not None:  # resumed from an epoch checkpoint
+            self.second_optimizer.load_state_dict(self._restored_optimizer)
+            self._restored_optimizer = None
+
+    def extra_state(self) -> dict[str, Any]:  # noqa: D102
+        state: dict[str, Any] = {"second": self.second.state_dict()}
+        if self.second_optimizer is not None:
+            state["second_optimizer"] = self.second_optimizer.state_dict()
+        return state
+
+    def load_extra_state(self, state: Mapping[str, Any]) -> None:  # noqa: D102
+        if "second" in state:
+            self.second.load_state_dict(state["second"])
+        self._restored_optimizer = state.get("second_optimizer")
 
     def networks(self, engine: SupervisedTrainer) -> list[torch.nn.Module]:  # noqa: D102
         return [engine.network, self.second]

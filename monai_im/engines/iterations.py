@@ -68,6 +68,7 @@ def photometric_views(
             out = out + noise * draw(tuple(images.shape), normal=True)
         return out.clamp(0.0, 1.0)
 
+    view.generator = generator  # its random state is saved and restored by epoch checkpoints
     return view
 
 
@@ -121,14 +122,28 @@ class ConsistencyIteration:
         self.activation = activation
         self.image_key = image_key
         self._iterator: Iterator | None = None
+        self._pass_start: Tensor | None = None  # the loader generator's state when the pass began
+        self._served = 0  # batches served in the current pass
+        self._skip = 0  # batches to skip when a restored pass is started again
+
+    def _start_pass(self) -> None:
+        generator = getattr(self.unlabeled_loader, "generator", None)
+        self._pass_start = generator.get_state() if isinstance(generator, torch.Generator) else None
+        self._iterator = iter(self.unlabeled_loader)
+        self._served = 0
+        for _ in range(self._skip):  # replay a restored pass up to where it was (same order, same batches)
+            next(self._iterator)
+            self._served += 1
+        self._skip = 0
 
     def next_unlabeled(self) -> Tensor:
         """The next unlabeled image batch, starting the loader again when it is exhausted."""
         for attempt in range(2):
             if self._iterator is None:
-                self._iterator = iter(self.unlabeled_loader)
+                self._start_pass()
             try:
                 batch = next(self._iterator)
+                self._served += 1
                 break
             except StopIteration:
                 self._iterator = None
@@ -145,6 +160,28 @@ class ConsistencyIteration:
         elif isinstance(batch, (list, tuple)):
             batch = batch[0]
         return convert_to_tensor(batch, track_meta=False)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the step stands: its position in the unlabeled data and the state of its random views."""
+        views = getattr(getattr(self, "views", None), "generator", None)
+        return {
+            "pass_start": self._pass_start if self._iterator is not None else None,
+            "served": self._served if self._iterator is not None else 0,
+            "views": views.get_state() if isinstance(views, torch.Generator) else None,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state_dict`: the pass over the unlabeled data is replayed to the same batch
+        (when the loader has its own generator), the views continue their random sequence."""
+        views = getattr(getattr(self, "views", None), "generator", None)
+        if state.get("views") is not None and isinstance(views, torch.Generator):
+            views.set_state(state["views"])
+        self._iterator = None
+        generator = getattr(self.unlabeled_loader, "generator", None)
+        if state.get("pass_start") is not None and isinstance(generator, torch.Generator):
+            generator.set_state(state["pass_start"])
+            self._skip = int(state.get("served", 0))
+            self._start_pass()
 
     def consistency_loss(self, engine: SupervisedTrainer, unlabeled: Tensor) -> Tensor:
         """The MSE between the activated predictions of two views of ``unlabeled``, one network call."""

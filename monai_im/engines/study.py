@@ -39,6 +39,7 @@ from monai_im.engines.events import StudyEventRegistry, StudyEvents
 from monai_im.engines.layout import StudyLayout, StudyMismatchError, study_identity
 from monai_im.engines.methods import GenerationContext, InconsistencyMask, Method
 from monai_im.engines.pseudo_label import PseudoLabeler, PseudoLabelResult
+from monai_im.engines.checkpoint import LAST_CHECKPOINT, EpochShuffleSampler
 from monai_im.engines.student import StudentResult, build_network, load_weights, make_evaluator, train_student
 from monai_im.io import atomic_write_bytes
 
@@ -456,7 +457,7 @@ class SelfTrainingStudy(StudyEventRegistry):
         loader = DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=True,
+            sampler=EpochShuffleSampler(dataset, seed),  # the same order of an epoch when resumed
             num_workers=self.num_workers,
             generator=torch.Generator().manual_seed(seed),
             drop_last=len(dataset) > self.batch_size,
@@ -489,6 +490,8 @@ class SelfTrainingStudy(StudyEventRegistry):
                 iteration_update=iteration,
             )
             self.layout.write_student(result)
+            # the result is stored: the epoch checkpoint it resumed from is no longer needed
+            (self.student_dir(generation, index) / LAST_CHECKPOINT).unlink(missing_ok=True)
             self.fire_event(StudyEvents.STUDENT_FINISHED, result=result, resumed=False)
             return result
 

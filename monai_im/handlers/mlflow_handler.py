@@ -236,6 +236,10 @@ class MLflowStudyHandler:
     ) -> None:
         """Create the run ``key`` (unless ``reuse`` and it is alive), then log its params and ``then``."""
         if reuse and self._alive(self.run_id(key)):
+            if key.startswith("student"):  # a student resumed from its epoch checkpoint goes on in its run
+                self._client().update_run(self._id(key), status="RUNNING")
+                self.state["open_students"].append(self._id(key))
+                self._save()
             return
         tags = {**self.tags, **({"mlflow.parentRunId": self._id(parent)} if parent else {})}
         run = self._client().create_run(self.state["experiment_id"], run_name=name, tags=tags)
@@ -327,7 +331,8 @@ class MLflowStudyHandler:
         key = f"student {generation}.{index}"
         params = {"generation": generation, "student": index, "method": study.method.name}
         self._requested.add(key)
-        self.submit(("create", key, f"generation {generation}", f"student {index}", params, False, ()))
+        resumed = int(getattr(trainer.state, "epoch", 0) or 0) > 0  # continues after an epoch checkpoint
+        self.submit(("create", key, f"generation {generation}", f"student {index}", params, resumed, ()))
 
         def _log_epoch(engine: Any) -> None:
             row = dict(getattr(engine.state, "history_row", None) or {})

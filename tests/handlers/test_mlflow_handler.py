@@ -131,3 +131,31 @@ def test_runs_nest_log_per_generation_and_resume(tmp_path, monkeypatch):
     assert state["runs"]["study"] == parents[0].info.run_id and state["finished"] == [0, 1]
     arts = {a.path for a in client.list_artifacts(parents[0].info.run_id, "figures")}
     assert "figures/test_iou_over_generations.png" in arts
+
+
+def test_a_student_resumed_from_its_epoch_checkpoint_goes_on_in_its_run(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    study = FakeStudy(tmp_path)
+    h = MLflowStudyHandler(output_dir=tmp_path)
+    h.study_started(study)
+    trainer = Engine(lambda e, b: None)
+    h.student_started(study, 0, 0, trainer)
+    trainer.state.history_row = {"epoch": 1, "train_loss": 0.5}
+    trainer.fire_event(Events.EPOCH_COMPLETED)
+
+    # a second process: the trainer continues after epoch 1 (restored from last.pt)
+    h2 = MLflowStudyHandler(output_dir=tmp_path)
+    h2.study_started(study)
+    resumed = Engine(lambda e, b: None)
+    resumed.state.epoch = 1
+    h2.student_started(study, 0, 0, resumed)
+    resumed.state.history_row = {"epoch": 2, "train_loss": 0.25}
+    resumed.fire_event(Events.EPOCH_COMPLETED)
+    h2.student_finished(study, StudentResult(0, 0, 0.3, 2, "x.pt"), resumed=False)
+    h2.study_finished(study, [summary(study, 0, 0.3)])
+
+    client, all_runs = runs(h.tracking_uri)
+    students = [r for r in all_runs if r.data.params.get("student") == "0"]
+    assert len(students) == 1 and students[0].info.status == "FINISHED"
+    hist = client.get_metric_history(students[0].info.run_id, "train_loss")
+    assert sorted((m.step, m.value) for m in hist) == [(1, 0.5), (2, 0.25)]
