@@ -2,14 +2,14 @@
 
 The teachers predict each batch once (:meth:`Method.predict`); the method turns the stacked
 probabilities into pseudo-labels (and an Inconsistency Mask, and a quality score); accepted pairs
-are written as PNG files while the next batch is computed, and the IM figure beside them.
+are written (:class:`monai_im.transforms.PseudoLabelFormat`: PNG for images, NIfTI with the volume's
+affine for volumes) while the next batch is computed, and the IM figure beside them.
 Nothing of the unlabeled set is held in memory beyond one batch,
 and the output folder appears only once it is complete (see :func:`monai_im.io.atomic_directory`).
 """
 
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -24,9 +24,9 @@ from monai.utils import convert_to_tensor
 from monai_im.data.datalist import write_datalist
 from monai_im.engines.acceleration import RunSettings, resolve_run_settings
 from monai_im.engines.methods import Method
-from monai_im.io import atomic_directory, atomic_write_json, load_json, save_png
+from monai_im.io import atomic_directory, atomic_write_json, load_json
 from monai_im.progress import progress_bar
-from monai_im.transforms import mask_image
+from monai_im.transforms import PseudoLabelFormat, mask_image
 
 __all__ = ["PseudoLabelResult", "PseudoLabeler", "FigureSample"]
 
@@ -102,6 +102,22 @@ class PseudoLabelResult:
         )
 
 
+def _affines(images: Any) -> np.ndarray | None:
+    """The ``(B, 4, 4)`` affines of a batch of MONAI MetaTensors, or None (2D chains drop the metadata)."""
+    affine = getattr(images, "meta", {}).get("affine") if hasattr(images, "meta") else None
+    if affine is None:
+        return None
+    affine = np.asarray(convert_to_tensor(affine, track_meta=False).cpu(), dtype=np.float64)
+    return affine if affine.ndim == 3 else affine[None]
+
+
+def _axial(t: torch.Tensor, z: torch.Tensor, batch_dim: int = 0) -> torch.Tensor:
+    """Slice ``z[b]`` of the last axis of every volume ``b`` (along ``batch_dim``) of ``t``."""
+    index = z.to(t.device).view(*([1] * batch_dim), -1, *([1] * (t.ndim - batch_dim - 2)), 1)
+    index = index.expand(*t.shape[:-1], 1)
+    return t.gather(-1, index).squeeze(-1)
+
+
 def _uid(item: Mapping[str, Any], index: int) -> str:
     stem = Path(str(item["image"])).name.split(".")[0]
     return f"{index:06d}_{stem}"
@@ -119,7 +135,8 @@ class PseudoLabeler:
         num_workers: DataLoader workers.
         fill_value: value written into the input image inside the IM (the paper: 0, black).
         image_scale: factor from the preprocessed image to the 8-bit PNG written (255 for images in [0, 1]).
-        label_scale: factor from pseudo-label values to PNG values (255 writes 0/255 masks, as the datasets store them).
+        label_scale: factor from 0/1 pseudo-label masks to PNG values (255 writes 0/255 masks, as the datasets
+            store them); class maps and volumes are written unscaled (see :class:`PseudoLabelFormat`).
         run_settings: the speed policy of the teachers' forward passes (inference precision, memory
             format, compilation); the teachers are prepared with it. Default: :class:`RunSettings` ().
         amp: deprecated, use ``run_settings``: False means float32 teachers, True the default policy.
@@ -225,7 +242,9 @@ class PseudoLabeler:
             pending: list[Future] = []
             bar = progress_bar(loader, desc=description, unit="batch", disable=not self.progress, leave=False)
             start = 0
+            files = PseudoLabelFormat(self.strategy.mode, self.label_scale, self.compress_level)
             for batch in bar:
+                affines = _affines(batch["image"])  # volumes: where each preprocessed volume lies
                 images = convert_to_tensor(batch["image"], track_meta=False).to(self.device)
                 # once for all teachers (each prepared teacher would convert the batch again)
                 images = self.run_settings.to_memory_format(images)
@@ -259,7 +278,9 @@ class PseudoLabeler:
                 for f in pending:
                     f.result()
                 sources = list(range(start, start + n))
-                pending = self._write(pool, tmp, uids, sources, items_in, masked, result, accepted, items)
+                pending = self._write(
+                    pool, files, tmp, uids, sources, items_in, masked, result, accepted, items, affines
+                )
                 start += n
                 bar.set_postfix(kept=f"{int(totals['accepted'])}/{int(totals['images'])}", refresh=False)
             for f in pending:
@@ -334,16 +355,22 @@ class PseudoLabeler:
         else:
             teacher = probs[:, :k] > self.strategy.threshold
         im = result.im[:k] if result.im is not None else torch.zeros_like(images[:k, :1])
+        parts = [images[:k], teacher.transpose(0, 1), im, result.label[:k], masked[:k]]
+        if images.ndim == 5:  # volumes: the axial slice of each with the most pseudo-label and IM
+            busy = ((result.label[:k] > 0).float().sum(1) + im.float().sum(1)).sum((1, 2))  # (k, Z)
+            z = busy.argmax(dim=1)
+            parts = [_axial(t, z, batch_dim=1 if i == 1 else 0) for i, t in enumerate(parts)]
+        images_k, teacher_k, im_k, label_k, masked_k = parts
         return FigureSample(
-            images=images[:k].detach().cpu(),
-            teacher_masks=teacher.transpose(0, 1).float().cpu(),
-            im=im.float().cpu(),
-            pseudo_label=result.label[:k].float().cpu(),
-            masked_images=masked[:k].detach().cpu(),
+            images=images_k.detach().float().cpu(),
+            teacher_masks=teacher_k.float().cpu(),
+            im=im_k.float().cpu(),
+            pseudo_label=label_k.float().cpu(),
+            masked_images=masked_k.detach().float().cpu(),
         )
 
     def _write(
-        self, pool, root: Path, uids, sources, originals, masked, result, accepted, items
+        self, pool, files, root: Path, uids, sources, originals, masked, result, accepted, items, affines
     ) -> list[Future]:
         """Queue the files of the accepted images of one batch; add their datalist rows to ``items``.
 
@@ -353,27 +380,28 @@ class PseudoLabeler:
         idx = torch.nonzero(accepted).flatten().tolist()
         if not idx:
             return []
-        labels = (result.label[idx].float() * self.label_scale).cpu().numpy()
-        ims = (result.im[idx].float() * 255).cpu().numpy() if result.im is not None else None
-        imgs = (masked[idx].float() * self.image_scale).cpu().numpy() if self.save_masked_images else None
+        spatial_dims = result.label.ndim - 2
+        labels = result.label[idx].float().cpu().numpy()
+        ims = result.im[idx].float().cpu().numpy() if result.im is not None else None
+        imgs = masked[idx].float().cpu().numpy() if self.save_masked_images else None
         score = result.score[idx].float().cpu().tolist() if result.score is not None else None
-        write = functools.partial(save_png, compress_level=self.compress_level)
         futures = []
         for j, i in enumerate(idx):
             source = sources[i]
             uid = uids[source]
+            affine = affines[i] if affines is not None else None
             entry: dict[str, Any] = {
                 "image": str(originals[source]["image"]),
                 "source": source,
-                "label": str(root / "labels" / f"{uid}.png"),
+                "label": str(files.path(root / "labels", uid, spatial_dims)),
             }
-            futures.append(pool.submit(write, entry["label"], labels[j]))
+            futures.append(pool.submit(files.write_label, entry["label"], labels[j], affine))
             if ims is not None:
-                entry["im"] = str(root / "ims" / f"{uid}.png")
-                futures.append(pool.submit(write, entry["im"], ims[j]))
+                entry["im"] = str(files.path(root / "ims", uid, spatial_dims))
+                futures.append(pool.submit(files.write_im, entry["im"], ims[j], affine))
             if imgs is not None:
-                entry["masked_image"] = str(root / "images" / f"{uid}.png")
-                futures.append(pool.submit(write, entry["masked_image"], imgs[j]))
+                entry["masked_image"] = str(files.path(root / "images", uid, spatial_dims))
+                futures.append(pool.submit(files.write_image, entry["masked_image"], imgs[j], affine, self.image_scale))
             if score is not None:
                 entry["score"] = round(float(score[j]), 6)
             items.append(entry)

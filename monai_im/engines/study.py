@@ -83,6 +83,9 @@ class SelfTrainingStudy(StudyEventRegistry):
             Without it, labeled-only students on a small labeled set take very few steps
             (30 images, batch 8, 20 epochs: 60 steps) and make weak, mutually inconsistent teachers.
         batch_size: training and inference batch size.
+        eval_batch_size: the batch size of validation, test and pseudo-labelling; None = ``batch_size``.
+            Volumes of different sizes cannot share a batch: the 3D bundles use 1 (their sliding-window
+            inferer batches the patches of a volume instead).
         val_interval: validate every this many epochs (and after the last epoch).
         seed: base seed; student k of generation g uses ``100000 * seed + 1000 * g + k`` (see
             :meth:`student_seed`), so that studies with different seeds share no student.
@@ -129,6 +132,7 @@ class SelfTrainingStudy(StudyEventRegistry):
         epochs: int = 50,
         min_steps: int = 0,
         batch_size: int = 32,
+        eval_batch_size: int | None = None,
         val_interval: int = 1,
         seed: int = 42,
         device: str | torch.device | None = None,
@@ -190,6 +194,9 @@ class SelfTrainingStudy(StudyEventRegistry):
         self.epochs = epochs
         self.min_steps = min_steps
         self.batch_size = batch_size
+        self.eval_batch_size = int(eval_batch_size) if eval_batch_size is not None else batch_size
+        if self.eval_batch_size < 1:
+            raise ValueError(f"eval_batch_size must be >= 1, got {eval_batch_size}")
         self.val_interval = val_interval
         self.seed = seed
         self.device = (
@@ -206,16 +213,16 @@ class SelfTrainingStudy(StudyEventRegistry):
             pseudo_labeler.strategy = self.method
             self.pseudo_labeler = pseudo_labeler
         else:
-            self.pseudo_labeler = PseudoLabeler(
-                self.method,
-                inferer=inferer,
-                device=self.device,
-                batch_size=batch_size,
-                num_workers=num_workers,
-                run_settings=self.run_settings,
-                progress=progress,
+            options = {
+                "inferer": inferer,
+                "device": self.device,
+                "batch_size": self.eval_batch_size,
+                "num_workers": num_workers,
+                "run_settings": self.run_settings,
+                "progress": progress,
                 **dict(pseudo_labeler or {}),
-            )
+            }
+            self.pseudo_labeler = PseudoLabeler(self.method, **options)
         self.params = dict(params or {})
         self.progress = progress
         self._val_loader: DataLoader | None = None
@@ -311,7 +318,7 @@ class SelfTrainingStudy(StudyEventRegistry):
 
     def _loader(self, items: Sequence[Mapping[str, Any]], transform: Callable) -> DataLoader:
         return DataLoader(
-            self._dataset(items, transform), batch_size=self.batch_size, num_workers=self.num_workers
+            self._dataset(items, transform), batch_size=self.eval_batch_size, num_workers=self.num_workers
         )
 
     @property
@@ -373,7 +380,7 @@ class SelfTrainingStudy(StudyEventRegistry):
             eval_transforms=self.eval_transforms,
             device=self.device,
             inferer=self.inferer,
-            batch_size=self.batch_size,
+            batch_size=self.eval_batch_size,
             seed=self.student_seed(generation, 998),
             output_dir=self.generation_dir(generation),
             progress=self.progress,

@@ -28,11 +28,14 @@ from monai_im.transforms.functional import (
     mask_image,
     mask_label,
 )
-from monai_im.transforms.io import SaveSegmentationd, segmentation_file_name
+from monai_im.transforms.io import PseudoLabelFormat, SaveSegmentationd, segmentation_file_name
 from monai_im.transforms.presets import (
     image_inference_transforms,
     image_segmentation_transforms,
     paper_augmentation,
+    volume_augmentation,
+    volume_patch_transforms,
+    volume_segmentation_transforms,
 )
 
 __all__ = [
@@ -44,6 +47,7 @@ __all__ = [
     "EnsureNumChannelsd",
     "InconsistencyMask",
     "InconsistencyMaskd",
+    "PseudoLabelFormat",
     "SaveSegmentationd",
     "segmentation_file_name",
     "Image2DReader",
@@ -54,6 +58,9 @@ __all__ = [
     "image_inference_transforms",
     "image_segmentation_transforms",
     "paper_augmentation",
+    "volume_augmentation",
+    "volume_patch_transforms",
+    "volume_segmentation_transforms",
     "accept_pseudo_labels",
     "dilate_mask",
     "inconsistency_mask",

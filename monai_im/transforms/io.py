@@ -19,7 +19,13 @@ from monai.utils import convert_to_numpy
 
 from monai_im.io import atomic_write_bytes, save_png
 
-__all__ = ["NIFTI_EXTENSIONS", "SaveSegmentationd", "segmentation_file_name", "split_extension"]
+__all__ = [
+    "NIFTI_EXTENSIONS",
+    "PseudoLabelFormat",
+    "SaveSegmentationd",
+    "segmentation_file_name",
+    "split_extension",
+]
 
 NIFTI_EXTENSIONS = (".nii.gz", ".nii")
 
@@ -70,18 +76,90 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def _save_nifti(path: Path, array: np.ndarray, affine: np.ndarray) -> Path:
-    """Write a ``(C, *spatial)`` mask as NIfTI (uint8) with ``affine``, atomically; ``.nii.gz`` is gzipped."""
+def _save_nifti(
+    path: Path, array: np.ndarray, affine: np.ndarray, dtype: type = np.uint8, compress_level: int = 6
+) -> Path:
+    """Write a ``(C, *spatial)`` array as NIfTI with ``affine``, atomically; ``.nii.gz`` is gzipped.
+
+    uint8 (masks, class maps) is rounded and clipped to 0..255; float32 is stored as it is."""
     import nibabel as nib
 
     arr = np.asarray(array)
     arr = arr[0] if arr.shape[0] == 1 else np.moveaxis(arr, 0, -1)
-    arr = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+    if dtype == np.uint8:
+        arr = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+    else:
+        arr = arr.astype(dtype)
     image = nib.Nifti1Image(np.ascontiguousarray(arr), np.asarray(affine, dtype=np.float64))
+    image.header.set_xyzt_units("mm")
     data = image.to_bytes()
     if path.name.lower().endswith(".gz"):
-        data = gzip.compress(data, compresslevel=6)
+        data = gzip.compress(data, compresslevel=compress_level)
     return atomic_write_bytes(path, data)
+
+
+class PseudoLabelFormat:
+    """How the files of a pseudo-label set are written; the training transforms read them back.
+
+    The one place that decides the format of pseudo-labels and Inconsistency Masks:
+
+    - images (``(C, H, W)``): 8-bit PNG. Binary and multi-label masks are multiplied by ``label_scale``
+      (0/255, as datasets store masks); multi-class maps are stored as their class indices; the IM as 0/255.
+    - volumes (``(C, X, Y, Z)``): uint8 NIfTI (``.nii.gz``) with the affine of the preprocessed volume
+      (its position in the scanner, so that a pseudo-label opens aligned on its CT in 3D Slicer or
+      ITK-SNAP), masks as 0/1, class maps as class indices, the IM as 0/1.
+
+    Reading: ``LoadImaged`` picks the reader by extension; :class:`monai_im.transforms.ReadLabeld` reads
+    the label like any dataset label (``> label_threshold`` for masks, class indices for multi-class) and
+    the IM is ``> 0.5``. The IM itself is applied in one place only, when a pair is loaded for training
+    (:class:`monai_im.transforms.ApplyInconsistencyMaskd`).
+
+    Args:
+        mode: "binary", "multilabel" or "multiclass".
+        label_scale: factor from 0/1 mask values to PNG values.
+        compress_level: zlib level of the files (PNG and ``.nii.gz``), 0-9; 1 is fast and lossless.
+    """
+
+    def __init__(self, mode: str = "binary", label_scale: float = 255.0, compress_level: int = 1) -> None:
+        if not 0 <= int(compress_level) <= 9:
+            raise ValueError(f"PseudoLabelFormat: compress_level must be 0..9, got {compress_level}")
+        self.mode, self.label_scale, self.compress_level = mode, float(label_scale), int(compress_level)
+
+    @staticmethod
+    def suffix(spatial_dims: int) -> str:
+        """The file extension of a pseudo-label of ``spatial_dims`` dimensions."""
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"PseudoLabelFormat: 2D or 3D data expected, got {spatial_dims} spatial dimensions")
+        return ".png" if spatial_dims == 2 else ".nii.gz"
+
+    def path(self, folder: str | os.PathLike, name: str, spatial_dims: int) -> Path:
+        """``<folder>/<name><suffix>``."""
+        return Path(folder) / f"{name}{self.suffix(spatial_dims)}"
+
+    def _write(self, path: Path, array: np.ndarray, scale: float, affine: np.ndarray | None) -> Path:
+        array = np.asarray(array, dtype=np.float32)
+        if array.ndim == 3:
+            return save_png(path, array * scale, compress_level=self.compress_level)
+        return _save_nifti(path, array, np.eye(4) if affine is None else affine, compress_level=self.compress_level)
+
+    def write_label(self, path: str | os.PathLike, label: np.ndarray, affine: np.ndarray | None = None) -> Path:
+        """Write a pseudo-label ``(C, *spatial)`` (0/1 masks or class indices) to ``path``."""
+        scale = 1.0 if self.mode == "multiclass" or np.ndim(label) == 4 else self.label_scale
+        return self._write(Path(path), label, scale, affine)
+
+    def write_im(self, path: str | os.PathLike, im: np.ndarray, affine: np.ndarray | None = None) -> Path:
+        """Write an Inconsistency Mask ``(1, *spatial)`` (0/1) to ``path``."""
+        return self._write(Path(path), im, 255.0 if np.ndim(im) == 3 else 1.0, affine)
+
+    def write_image(
+        self, path: str | os.PathLike, image: np.ndarray, affine: np.ndarray | None = None, scale: float = 255.0
+    ) -> Path:
+        """Write a (masked) preprocessed image for looking at: 8-bit PNG (``* scale``) or float32 NIfTI."""
+        array = np.asarray(image, dtype=np.float32)
+        if array.ndim == 3:
+            return save_png(Path(path), array * scale, compress_level=self.compress_level)
+        affine = np.eye(4) if affine is None else affine
+        return _save_nifti(Path(path), array, affine, dtype=np.float32, compress_level=self.compress_level)
 
 
 class SaveSegmentationd(MapTransform):

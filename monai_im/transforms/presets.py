@@ -17,6 +17,8 @@ from monai.transforms import (
     Compose,
     EnsureTyped,
     LoadImaged,
+    Orientationd,
+    RandCropByLabelClassesd,
     RandAdjustContrastd,
     RandFlipd,
     RandGaussianNoised,
@@ -27,13 +29,21 @@ from monai.transforms import (
     Resized,
     ScaleIntensityRanged,
     SelectItemsd,
+    Spacingd,
 )
 
 from monai_im.constants import IGNORE_INDEX
 from monai_im.transforms.dictionary import ApplyInconsistencyMaskd, EnsureNumChannelsd
 from monai_im.transforms.encoding import Image2DReader, IntensityRange, ReadLabeld, ScaleImageIntensityd
 
-__all__ = ["image_segmentation_transforms", "image_inference_transforms", "paper_augmentation"]
+__all__ = [
+    "image_segmentation_transforms",
+    "image_inference_transforms",
+    "paper_augmentation",
+    "volume_segmentation_transforms",
+    "volume_patch_transforms",
+    "volume_augmentation",
+]
 
 
 def _read_images(keys: Sequence[str], num_channels: int, intensity_range: IntensityRange) -> list:
@@ -165,6 +175,155 @@ def paper_augmentation(spatial_axes: tuple[int, int] = (0, 1), noise_std: float 
             RandAdjustContrastd(keys="image", gamma=(0.7, 1.4), prob=0.5),
             RandScaleIntensityd(keys="image", factors=0.2, prob=0.5),
             RandGaussianSmoothd(keys="image", sigma_x=(0.3, 1.0), sigma_y=(0.3, 1.0), prob=0.3),
+            RandGaussianNoised(keys="image", std=noise_std, prob=0.5),
+            ScaleIntensityRanged(keys="image", a_min=0.0, a_max=1.0, b_min=0.0, b_max=1.0, clip=True),
+        ]
+    )
+
+
+def volume_segmentation_transforms(
+    pixdim: Sequence[float] | None = (2.5, 2.5, 4.0),
+    orientation: str | None = "RAS",
+    intensity_window: Sequence[float] | None = (-160.0, 240.0),
+    num_classes: int = 14,
+    mode: str = "multiclass",
+    label_threshold: float = 0.0,
+    label_policy: str = "background",
+    fill_value: float = 0.0,
+    ignore_index: int = IGNORE_INDEX,
+    im_class: int = 0,
+    keep_meta: bool = True,
+    reader: object | None = None,
+) -> Compose:
+    """Load, reorient, resample, window and encode volume / label / IM triples (CT or MRI, 3D).
+
+    The chain: ``LoadImaged`` (NIfTI through nibabel; NRRD, MHA and DICOM folders through
+    :class:`monai_im.transforms.readers.SimpleITKReader` when given as ``reader``) -> ``Orientationd``
+    (``orientation``) -> ``Spacingd`` (``pixdim`` mm; linear for the image, nearest for label and IM) ->
+    ``ScaleIntensityRanged`` (the window ``[low, high]`` to [0, 1], clipped) -> :class:`ReadLabeld`
+    (class indices for ``"multiclass"``) -> ``AsDiscreted`` (IM > 0.5) -> :class:`ApplyInconsistencyMaskd`
+    -> ``SelectItemsd`` -> ``EnsureTyped``. Every key goes through the same geometry from its own file's
+    affine, so a pseudo-label written on the resampled grid (with that grid's affine) comes back on
+    the grid of its image.
+
+    Args:
+        pixdim: target voxel spacing in mm; None keeps each volume's spacing.
+        orientation: target axis codes (e.g. ``"RAS"``); None keeps the stored orientation.
+        intensity_window: ``[low, high]`` of the stored intensities mapped to [0, 1] (CT: Hounsfield units,
+            e.g. ``[-160, 240]`` for abdominal soft tissue); None = each volume's own min..max (MRI).
+        num_classes: the network's output channels (classes including background for ``"multiclass"``).
+        mode: "multiclass", "binary" or "multilabel" (how labels are read, :class:`ReadLabel`).
+        label_threshold: foreground rule of binary and multi-label masks.
+        label_policy, fill_value, ignore_index, im_class: how the IM is cut (see
+            :func:`image_segmentation_transforms`).
+        keep_meta: keep MONAI's metadata (the affine, needed to write pseudo-labels aligned with their
+            volume); training chains may drop it.
+        reader: an extra MONAI image reader tried before the default ones (e.g. ``SimpleITKReader()``).
+    """
+    keys = ["image", "label", "im"]
+    chain: list = [
+        LoadImaged(
+            keys=keys, image_only=True, ensure_channel_first=True, reader=reader, allow_missing_keys=True
+        ),
+    ]
+    if orientation:
+        chain.append(Orientationd(keys=keys, axcodes=orientation, allow_missing_keys=True))
+    if pixdim is not None:
+        chain.append(
+            Spacingd(
+                keys=keys,
+                pixdim=tuple(float(v) for v in pixdim),
+                mode=("bilinear", "nearest", "nearest"),
+                allow_missing_keys=True,
+            )
+        )
+    if intensity_window is not None:
+        low, high = (float(v) for v in intensity_window)
+        if not high > low:
+            raise ValueError(f"intensity_window must be [low, high] with high > low, got {intensity_window}")
+        chain.append(ScaleIntensityRanged(keys="image", a_min=low, a_max=high, b_min=0.0, b_max=1.0, clip=True))
+    else:
+        chain.append(ScaleImageIntensityd(keys="image", intensity_range="minmax"))
+    chain += [
+        ReadLabeld(
+            keys="label",
+            mode=mode,
+            num_channels=num_classes,
+            label_threshold=label_threshold,
+            allow_missing_keys=True,
+        ),
+        AsDiscreted(keys="im", threshold=0.5, allow_missing_keys=True),
+        ApplyInconsistencyMaskd(
+            image_keys="image",
+            label_keys="label",
+            im_key="im",
+            policy=label_policy,
+            fill_value=fill_value,
+            ignore_index=ignore_index,
+            im_class=im_class,
+            allow_missing_keys=True,
+        ),
+        SelectItemsd(keys=["image", "label"], allow_missing_keys=True),
+        EnsureTyped(keys=["image", "label"], track_meta=bool(keep_meta), allow_missing_keys=True),
+    ]
+    return Compose(chain)
+
+
+def volume_patch_transforms(
+    preprocessing: Compose,
+    patch_size: Sequence[int] = (64, 64, 48),
+    num_classes: int = 14,
+    num_samples: int = 2,
+    ratios: Sequence[float] | None = None,
+) -> Compose:
+    """Training on patches: ``preprocessing`` (cached), then ``num_samples`` random patches per volume
+    centred on each class in turn (``RandCropByLabelClassesd``; ``ratios`` per class, None = equal), so
+    that small organs are seen as often as the liver.
+
+    Args:
+        preprocessing: the deterministic chain (e.g. :func:`volume_segmentation_transforms`).
+        patch_size: the patch size in voxels (volumes smaller than it are padded).
+        num_classes: classes of the label map, background included.
+        num_samples: patches drawn from a volume each time it is loaded.
+        ratios: sampling weight per class.
+    """
+    from monai.transforms import SpatialPadd
+
+    return Compose(
+        [
+            preprocessing,
+            SpatialPadd(keys=["image", "label"], spatial_size=tuple(patch_size)),
+            RandCropByLabelClassesd(
+                keys=["image", "label"],
+                label_key="label",
+                spatial_size=tuple(patch_size),
+                num_classes=int(num_classes),
+                ratios=list(ratios) if ratios is not None else None,
+                num_samples=int(num_samples),
+                warn=False,
+            ),
+        ]
+    ).flatten()
+
+
+def volume_augmentation(noise_std: float = 0.02) -> Compose:
+    """Random intensity augmentation of volume patches (no flips: left and right organs differ).
+
+    Brightness shift, contrast scale and Gamma changes, Gaussian smoothing and noise on ``image``,
+    clipped back to [0, 1]; the ALDT / AIM methods of the 3D bundle use it in place of the 2D
+    :func:`paper_augmentation`.
+
+    Args:
+        noise_std: standard deviation of the additive noise on images scaled to [0, 1].
+    """
+    return Compose(
+        [
+            RandShiftIntensityd(keys="image", offsets=0.1, prob=0.5),
+            RandScaleIntensityd(keys="image", factors=0.2, prob=0.5),
+            RandAdjustContrastd(keys="image", gamma=(0.7, 1.4), prob=0.5),
+            RandGaussianSmoothd(
+                keys="image", sigma_x=(0.3, 1.0), sigma_y=(0.3, 1.0), sigma_z=(0.3, 1.0), prob=0.3
+            ),
             RandGaussianNoised(keys="image", std=noise_std, prob=0.5),
             ScaleIntensityRanged(keys="image", a_min=0.0, a_max=1.0, b_min=0.0, b_max=1.0, clip=True),
         ]

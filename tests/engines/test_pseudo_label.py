@@ -144,17 +144,17 @@ def test_failure_leaves_previous_output_untouched(setup, tmp_path, monkeypatch):
     before = sorted(p.name for p in (out / "labels").iterdir())
 
     calls = {"n": 0}
-    import monai_im.engines.pseudo_label as pl
+    from monai_im.transforms import PseudoLabelFormat
 
-    real = pl.save_png
+    real = PseudoLabelFormat.write_label
 
     def failing(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] > 4:
+        if calls["n"] > 1:
             raise OSError("disk full")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(pl, "save_png", failing)
+    monkeypatch.setattr(PseudoLabelFormat, "write_label", failing)
     with pytest.raises(OSError, match="disk full"):
         labeler(teachers, items[:3], transform, out)
     assert sorted(p.name for p in (out / "labels").iterdir()) == before

@@ -1,0 +1,161 @@
+"""A MONAI image reader on SimpleITK: NRRD, MetaImage (MHA/MHD) and DICOM series folders.
+
+MONAI's ``ITKReader`` needs the ``itk`` package; :class:`SimpleITKReader` gives the same arrays and
+metadata from SimpleITK: the array in MONAI's ``(x, y, z)`` axis order (vector pixels as the last axis),
+``affine`` / ``original_affine`` built from ITK's direction, spacing and origin (LPS), turned into RAS
+by default so that it matches ``NibabelReader`` on the same volume. NIfTI files are left to
+``NibabelReader``: :meth:`SimpleITKReader.read` refuses them, and ``LoadImage`` then tries its default
+readers.
+
+Example::
+
+    LoadImaged(keys="image", reader=SimpleITKReader(), ensure_channel_first=True, image_only=True)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+from monai.config import DtypeLike, PathLike
+from monai.data import ImageReader
+from monai.data.image_reader import _copy_compatible_dict, _stack_images
+from monai.data.utils import orientation_ras_lps
+from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
+
+__all__ = ["SimpleITKReader", "SIMPLEITK_SUFFIXES"]
+
+#: File name endings read by :class:`SimpleITKReader` (directories are read as DICOM series).
+SIMPLEITK_SUFFIXES: tuple[str, ...] = (".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
+
+
+class SimpleITKReader(ImageReader):
+    """Load NRRD, MHA/MHD, DICOM files and DICOM series folders with SimpleITK, the way MONAI's readers do.
+
+    A sequence of files is stacked into channels (MONAI's convention); a directory is read as the DICOM
+    series it holds.
+
+    Args:
+        channel_dim: the channel dimension of the stored image (``original_channel_dim`` in the metadata,
+            read by ``EnsureChannelFirst``). None: ``"no_channel"`` for scalar images, -1 for vector pixels
+            (and for images of more than 3 dimensions).
+        series_id: the DICOM series to read from a folder holding several (its Series Instance UID);
+            None reads the only series there and refuses a folder with several.
+        affine_lps_to_ras: convert ITK's LPS affine to RAS (as ``ITKReader``; consistent with
+            ``NibabelReader``); False keeps LPS. ``meta["space"]`` says which.
+        dtype: the array's data type; None keeps the stored type.
+    """
+
+    def __init__(
+        self,
+        channel_dim: str | int | None = None,
+        series_id: str | None = None,
+        affine_lps_to_ras: bool = True,
+        dtype: DtypeLike | None = None,
+    ) -> None:
+        super().__init__()
+        self.channel_dim = float("nan") if channel_dim == "no_channel" else channel_dim
+        self.series_id = series_id
+        self.affine_lps_to_ras = affine_lps_to_ras
+        self.dtype = dtype
+
+    def verify_suffix(self, filename: Sequence[PathLike] | PathLike) -> bool:
+        """True when every name is a NRRD, MHA/MHD or DICOM file or a directory; False for NIfTI and 2D formats.
+
+        Args:
+            filename: a file name or a sequence of file names.
+        """
+        return all(
+            Path(n).is_dir() or str(n).lower().endswith(SIMPLEITK_SUFFIXES) for n in ensure_tuple(filename)
+        )
+
+    def read(self, data: Sequence[PathLike] | PathLike, **kwargs: Any) -> sitk.Image | list[sitk.Image]:
+        """Read one image, or several to stack as channels in :meth:`get_data`.
+
+        Args:
+            data: a file name, a DICOM series folder, or a sequence of them.
+            kwargs: unused (the ``ImageReader`` interface).
+
+        Raises:
+            ValueError: a name this reader does not take (NIfTI, 2D formats), so that ``LoadImage`` tries
+                its other readers; or a folder with several DICOM series and no ``series_id``.
+            FileNotFoundError: a missing file, or a folder without a DICOM series.
+        """
+        names = ensure_tuple(data)
+        images = [self._read_one(Path(name)) for name in names]
+        return images if len(names) > 1 else images[0]
+
+    def _read_one(self, path: Path) -> sitk.Image:
+        if not self.verify_suffix(path):
+            raise ValueError(f"{path}: not a format of SimpleITKReader (one of {', '.join(SIMPLEITK_SUFFIXES)})")
+        if path.is_dir():
+            return self._read_series(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such file")
+        try:
+            return sitk.ReadImage(str(path))
+        except RuntimeError as err:
+            raise RuntimeError(f"{path}: SimpleITK cannot read it: {str(err).strip().splitlines()[-1]}") from err
+
+    def _read_series(self, folder: Path) -> sitk.Image:
+        ids = list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+        if not ids:
+            raise FileNotFoundError(f"{folder}: no DICOM series in this folder")
+        if self.series_id is None and len(ids) > 1:
+            raise ValueError(f"{folder}: holds {len(ids)} DICOM series ({', '.join(ids)}); choose one with series_id")
+        series_id = ids[0] if self.series_id is None else self.series_id
+        if series_id not in ids:
+            raise ValueError(f"{folder}: no DICOM series {series_id!r} (found {', '.join(ids)})")
+        reader = sitk.ImageSeriesReader()
+        reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_id))
+        return reader.Execute()
+
+    def get_data(self, img: sitk.Image | Sequence[sitk.Image]) -> tuple[np.ndarray, dict]:
+        """The array (MONAI's ``(x, y, z[, c])`` order) and metadata of one image, or of several stacked.
+
+        The metadata holds the image's non-ITK header fields, ``spacing``, ``affine`` and
+        ``original_affine`` (direction * spacing and origin; RAS when ``affine_lps_to_ras``), ``space``,
+        ``spatial_shape`` and ``original_channel_dim``. Several images (same affine and shape) are stacked
+        into a new first channel axis (scalar images) or concatenated along their channel axis.
+
+        Args:
+            img: a SimpleITK image or a sequence of them (from :meth:`read`).
+        """
+        arrays: list[np.ndarray] = []
+        meta: dict = {}
+        for image in [img] if isinstance(img, sitk.Image) else img:
+            array = sitk.GetArrayFromImage(image)  # (z, y, x[, c])
+            array = array.T if image.GetNumberOfComponentsPerPixel() == 1 else np.moveaxis(array.T, 0, -1)
+            if self.dtype is not None:
+                array = array.astype(self.dtype, copy=False)
+            arrays.append(array)
+            header = {k: image.GetMetaData(k) for k in image.GetMetaDataKeys() if not k.startswith("ITK_")}
+            header["spacing"] = np.asarray(image.GetSpacing())
+            header[MetaKeys.ORIGINAL_AFFINE] = self._get_affine(image)
+            header[MetaKeys.AFFINE] = header[MetaKeys.ORIGINAL_AFFINE].copy()
+            header[MetaKeys.SPACE] = SpaceKeys.RAS if self.affine_lps_to_ras else SpaceKeys.LPS
+            header[MetaKeys.SPATIAL_SHAPE] = self._get_spatial_shape(image)
+            if self.channel_dim is None:
+                scalar = array.ndim == len(header[MetaKeys.SPATIAL_SHAPE])
+                header[MetaKeys.ORIGINAL_CHANNEL_DIM] = float("nan") if scalar else -1
+            else:
+                header[MetaKeys.ORIGINAL_CHANNEL_DIM] = self.channel_dim
+            _copy_compatible_dict(header, meta)
+        return _stack_images(arrays, meta), meta
+
+    def _get_affine(self, image: sitk.Image) -> np.ndarray:
+        rank = min(image.GetDimension(), 3)
+        direction = np.asarray(image.GetDirection()).reshape(image.GetDimension(), -1)
+        affine = np.eye(rank + 1)
+        affine[:rank, :rank] = direction[:rank, :rank] @ np.diag(np.asarray(image.GetSpacing())[:rank])
+        affine[:rank, -1] = np.asarray(image.GetOrigin())[:rank]
+        return orientation_ras_lps(affine) if self.affine_lps_to_ras else affine
+
+    def _get_spatial_shape(self, image: sitk.Image) -> np.ndarray:
+        size = list(image.GetSize())
+        if isinstance(self.channel_dim, int) and image.GetNumberOfComponentsPerPixel() == 1:
+            size.pop(self.channel_dim)
+        return np.asarray(size[: min(image.GetDimension(), 3)])
