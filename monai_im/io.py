@@ -27,6 +27,13 @@ __all__ = [
 ]
 
 
+def _umask() -> int:
+    """The process's file-creation mask (read by setting it and setting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def _temporary_sibling(path: Path) -> Iterator[Path]:
     """Yield a temporary path in the folder of ``path``; remove it if still there afterwards."""
@@ -85,6 +92,7 @@ def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterat
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
     try:
         yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private (0700); a dataset is for everyone
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             if old.exists():

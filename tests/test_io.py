@@ -27,3 +27,18 @@ def test_save_png_rejects_bad_level_and_writes_nothing(tmp_path, level):
     with pytest.raises(ValueError, match="compress_level"):
         save_png(tmp_path / "x.png", np.zeros((1, 8, 8), np.uint8), compress_level=level)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_directory_gets_the_permissions_of_a_normal_folder(tmp_path):
+    import os
+    import stat
+
+    from monai_im.io import atomic_directory
+
+    mask = os.umask(0o022)
+    try:
+        with atomic_directory(tmp_path / "data") as tmp:
+            (tmp / "a.txt").write_text("x")
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE((tmp_path / "data").stat().st_mode) == 0o755

@@ -11,6 +11,12 @@ from monai_im.data.datalist import (
     split_labeled,
     write_datalist,
 )
+from monai_im.data.flare_like import (
+    FLARE22_LABELS,
+    ensure_flare_like_dataset,
+    flare_like_sample,
+    make_flare_like_dataset,
+)
 from monai_im.data.hela_like import hela_like_sample, position_radius
 from monai_im.data.inference_plan import (
     VOLUME_EXTENSIONS,
@@ -31,6 +37,10 @@ from monai_im.data.synthetic import (
 )
 
 __all__ = [
+    "FLARE22_LABELS",
+    "ensure_flare_like_dataset",
+    "flare_like_sample",
+    "make_flare_like_dataset",
     "DATALIST_KEYS",
     "DatasetNotFoundError",
     "IMAGE_EXTENSIONS",

@@ -74,8 +74,16 @@ class FileFacts:
     channels_identical: bool = True
 
 
+def _reader_for(path: str | os.PathLike) -> Any:
+    """The reader training uses for ``path``: volumes (NIfTI, NRRD, MHA, DICOM) or 2D images."""
+    from monai_im.transforms.readers import VolumeReader
+
+    volume = VolumeReader()
+    return volume if volume.verify_suffix(str(path)) or Path(path).is_dir() else Image2DReader()
+
+
 def read_facts(path: str | os.PathLike, with_values: bool = False) -> FileFacts:
-    """Decode ``path`` completely (MONAI ``LoadImage`` with the 2D and NIfTI readers) and describe it.
+    """Decode ``path`` completely (MONAI ``LoadImage`` with the reader training uses) and describe it.
 
     Args:
         path: the file.
@@ -87,7 +95,7 @@ def read_facts(path: str | os.PathLike, with_values: bool = False) -> FileFacts:
     st = os.stat(path)
     facts = FileFacts(size=st.st_size, mtime_ns=st.st_mtime_ns)
     try:
-        img = LoadImage(image_only=True, dtype=None, ensure_channel_first=True, reader=Image2DReader())(
+        img = LoadImage(image_only=True, dtype=None, ensure_channel_first=True, reader=_reader_for(path))(
             str(path)
         )
     except Exception as e:  # any decoder failure: truncated, not an image, unknown format

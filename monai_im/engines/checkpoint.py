@@ -77,13 +77,24 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 def _numpy_state() -> dict[str, Any]:
     name, keys, pos, has_gauss, cached = np.random.get_state()
-    return {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-            "has_gauss": int(has_gauss), "cached": float(cached)}
+    return {
+        "name": name,
+        "keys": torch.from_numpy(keys.astype(np.int64)),
+        "pos": int(pos),
+        "has_gauss": int(has_gauss),
+        "cached": float(cached),
+    }
 
 
 def _set_numpy_state(state: Mapping[str, Any]) -> None:
     np.random.set_state(
-        (state["name"], state["keys"].numpy().astype(np.uint32), state["pos"], state["has_gauss"], state["cached"])
+        (
+            state["name"],
+            state["keys"].numpy().astype(np.uint32),
+            state["pos"],
+            state["has_gauss"],
+            state["cached"],
+        )
     )
 
 
@@ -125,8 +136,15 @@ def transform_states(dataset: Any) -> list[dict[str, Any]]:
     out = []
     for t in random_transforms(dataset):
         name, keys, pos, has_gauss, cached = t.R.get_state()
-        out.append({"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                    "has_gauss": int(has_gauss), "cached": float(cached), "name": name})
+        out.append(
+            {
+                "keys": torch.from_numpy(keys.astype(np.int64)),
+                "pos": int(pos),
+                "has_gauss": int(has_gauss),
+                "cached": float(cached),
+                "name": name,
+            }
+        )
     return out
 
 

@@ -401,7 +401,9 @@ class PseudoLabeler:
                 futures.append(pool.submit(files.write_im, entry["im"], ims[j], affine))
             if imgs is not None:
                 entry["masked_image"] = str(files.path(root / "images", uid, spatial_dims))
-                futures.append(pool.submit(files.write_image, entry["masked_image"], imgs[j], affine, self.image_scale))
+                futures.append(
+                    pool.submit(files.write_image, entry["masked_image"], imgs[j], affine, self.image_scale)
+                )
             if score is not None:
                 entry["score"] = round(float(score[j]), 6)
             items.append(entry)

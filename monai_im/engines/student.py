@@ -268,7 +268,9 @@ def train_student(
 class _Resumable:
     """Writes and restores the epoch checkpoint of one student's training (see ``train_student``)."""
 
-    def __init__(self, trainer, evaluator, saver, optimizer, history, loader, step, generation, index) -> None:
+    def __init__(
+        self, trainer, evaluator, saver, optimizer, history, loader, step, generation, index
+    ) -> None:
         self.trainer, self.evaluator, self.saver, self.optimizer = trainer, evaluator, saver, optimizer
         self.history, self.loader, self.generation, self.index = history, loader, generation, index
         self.step = step if hasattr(step, "state_dict") and hasattr(step, "load_state_dict") else None
@@ -304,7 +306,9 @@ class _Resumable:
         try:
             state = load_checkpoint(path)
         except Exception as e:  # a damaged or foreign file: start over, loudly
-            warnings.warn(f"gen {self.generation} student {self.index}: ignoring {path} ({e}); training from the start.")
+            warnings.warn(
+                f"gen {self.generation} student {self.index}: ignoring {path} ({e}); training from the start."
+            )
             return False
         saved = state["trainer"]
         length = len(self.loader) if hasattr(self.loader, "__len__") else saved.get("epoch_length")
@@ -312,7 +316,8 @@ class _Resumable:
             warnings.warn(
                 f"gen {self.generation} student {self.index}: {path} is of another schedule "
                 f"({saved.get('max_epochs')} epochs of {saved.get('epoch_length')} batches, now {epochs} of "
-                f"{length}); training from the start."
+                f"{length}); training from the start.",
+                stacklevel=2,
             )
             return False
         self.trainer.network.load_state_dict(state["model"])
@@ -338,7 +343,9 @@ class _Resumable:
 
             self.trainer.add_event_handler(Events.STARTED, _restore_scaler)
         done = int(saved["iteration"]) // max(int(saved["epoch_length"]), 1)
-        print(f"gen {self.generation} student {self.index}: resuming after epoch {done} of {epochs}", flush=True)
+        print(
+            f"gen {self.generation} student {self.index}: resuming after epoch {done} of {epochs}", flush=True
+        )
         return done >= epochs
 
 

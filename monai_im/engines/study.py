@@ -34,12 +34,12 @@ from monai.transforms import Compose
 from monai.utils import set_determinism
 
 from monai_im.engines.acceleration import RunSettings, resolve_run_settings
+from monai_im.engines.checkpoint import LAST_CHECKPOINT, EpochShuffleSampler
 from monai_im.engines.concurrency import run_concurrently, student_dataset
 from monai_im.engines.events import StudyEventRegistry, StudyEvents
 from monai_im.engines.layout import StudyLayout, StudyMismatchError, study_identity
 from monai_im.engines.methods import GenerationContext, InconsistencyMask, Method
 from monai_im.engines.pseudo_label import PseudoLabeler, PseudoLabelResult
-from monai_im.engines.checkpoint import LAST_CHECKPOINT, EpochShuffleSampler
 from monai_im.engines.student import StudentResult, build_network, load_weights, make_evaluator, train_student
 from monai_im.io import atomic_write_bytes
 

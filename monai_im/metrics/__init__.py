@@ -5,6 +5,7 @@
 - :mod:`.cell_count`: HeLa cell counts and the cell count error (MCCE).
 - :mod:`.classes`: :class:`monai.metrics.CumulativeIterationMetric` subclasses.
 - :mod:`.handlers`: :class:`monai.handlers.IgniteMetricHandler` subclasses for MONAI engines.
+- :mod:`.volume`: per-organ Dice and NSD of multi-class 3D segmentations (FLARE22 tolerances and organ names).
 """
 
 from __future__ import annotations
@@ -19,8 +20,28 @@ from .classes import (
 )
 from .functional import binary_dice, binary_iou, channel_dice, channel_iou, present_class_miou
 from .handlers import ChannelMeanIoU, MeanCellCountError, PerImageDice, PerImageIoU, PresentClassMeanIoU
+from .volume import (
+    FLARE22_LABELLED_SLICES_ONLY,
+    FLARE22_ORGANS,
+    FLARE22_TOLERANCES,
+    PerClassDice,
+    PerClassDiceMetric,
+    PerClassSurfaceDice,
+    PerClassSurfaceDiceMetric,
+    per_class_dice,
+    per_class_surface_dice,
+)
 
 __all__ = [
+    "FLARE22_LABELLED_SLICES_ONLY",
+    "FLARE22_ORGANS",
+    "FLARE22_TOLERANCES",
+    "PerClassDice",
+    "PerClassDiceMetric",
+    "PerClassSurfaceDice",
+    "PerClassSurfaceDiceMetric",
+    "per_class_dice",
+    "per_class_surface_dice",
     "CellCountErrorMetric",
     "ChannelIoUMetric",
     "ChannelMeanIoU",

@@ -42,6 +42,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -54,7 +55,7 @@ __all__ = [
     "FLARE22_LABELLED_SLICES_ONLY",
     "FLARE22_ORGANS",
     "FLARE22_TOLERANCES",
-    "IGNORE_INDEX",
+    "LABEL_IGNORE_VALUE",
     "PerClassDice",
     "PerClassDiceMetric",
     "PerClassSurfaceDice",
@@ -84,10 +85,12 @@ FLARE22_ORGANS: tuple[str, ...] = (
 #: the official FLARE22 NSD tolerances in mm, in label order (labels 1..13).
 FLARE22_TOLERANCES: tuple[float, ...] = (5.0, 3.0, 3.0, 5.0, 2.0, 2.0, 2.0, 2.0, 2.0, 3.0, 5.0, 7.0, 3.0)
 #: labels FLARE22 scores only on the ground truth's slices (aorta, IVC, esophagus: their annotations stop at
-#: arbitrary slices); pass as ``labelled_slices_only`` to reproduce the official evaluation.
+#: arbitrary slices); pass as ``labelled_slices_only`` to follow the official evaluation (which also drops the
+#: last labelled slice; here the range includes it).
 FLARE22_LABELLED_SLICES_ONLY: tuple[int, ...] = (5, 6, 10)
-#: label value of voxels left out of the metrics.
-IGNORE_INDEX = 255
+#: label value of voxels left out of the metrics by default (unannotated voxels of a volume); the IM
+#: value of the training targets (:data:`monai_im.constants.IGNORE_INDEX`) can be passed as ``ignore_index``.
+LABEL_IGNORE_VALUE = 255
 
 
 def _class_indices(x: torch.Tensor, num_classes: int, what: str, ignore_index: int | None) -> torch.Tensor:
@@ -137,7 +140,7 @@ def prepare_one_hot(
     y_pred: torch.Tensor,
     y: torch.Tensor,
     num_classes: int,
-    ignore_index: int | None = IGNORE_INDEX,
+    ignore_index: int | None = LABEL_IGNORE_VALUE,
     labelled_slices_only: Sequence[int] = (),
     slice_axis: int = -1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -280,7 +283,19 @@ def macro_mean(per_class: torch.Tensor) -> float:
 
 
 class _PerClassMetric(CumulativeIterationMetric):
-    """Buffers per-case, per-class values ``(B, K)``; :meth:`aggregate` averages each class over its cases."""
+    """Buffers the per-case, per-class values ``(B, K)`` of ``score(y_pred, y)``; :meth:`aggregate` averages
+    each class over its cases."""
+
+    def __init__(self, score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
+        super().__init__()
+        self.score = score
+
+    def _compute_tensor(
+        self, y_pred: torch.Tensor, y: torch.Tensor | None = None, **kwargs: Any
+    ) -> torch.Tensor:
+        if y is None:
+            raise ValueError(f"{self.__class__.__name__} needs the label y.")
+        return self.score(y_pred, y)
 
     def aggregate(self) -> torch.Tensor:  # type: ignore[override]
         """Per-class mean ``(K,)`` over the cases where the class is present (NaN where it never is)."""
@@ -294,53 +309,33 @@ class _PerClassMetric(CumulativeIterationMetric):
 
 class PerClassDiceMetric(_PerClassMetric):
     """
-    Per-case, per-class Dice, buffered; see :func:`per_class_dice` and the module conventions.
-
-    Args:
-        num_classes: number of classes including background.
-        include_background: whether class 0 gets a column.
-        ignore_index: label value of left-out voxels; ``None`` for none.
-        labelled_slices_only: labels scored only on the slices where the label has them.
-        slice_axis: spatial axis of those slices.
+    Per-case, per-class Dice (:func:`per_class_dice`), buffered; arguments as :class:`PerClassDice`.
     """
 
     def __init__(
         self,
         num_classes: int,
         include_background: bool = False,
-        ignore_index: int | None = IGNORE_INDEX,
+        ignore_index: int | None = LABEL_IGNORE_VALUE,
         labelled_slices_only: Sequence[int] = (),
         slice_axis: int = -1,
     ) -> None:
-        super().__init__()
-        self.num_classes = int(num_classes)
-        self.include_background = include_background
-        self.options = {
-            "ignore_index": ignore_index,
-            "labelled_slices_only": tuple(int(c) for c in labelled_slices_only),
-            "slice_axis": slice_axis,
-        }
-
-    def _compute_tensor(
-        self, y_pred: torch.Tensor, y: torch.Tensor | None = None, **kwargs: Any
-    ) -> torch.Tensor:
-        if y is None:
-            raise ValueError("PerClassDiceMetric needs the label y.")
-        return per_class_dice(y_pred, y, self.num_classes, self.include_background, **self.options)
+        super().__init__(
+            partial(
+                per_class_dice,
+                num_classes=int(num_classes),
+                include_background=include_background,
+                ignore_index=ignore_index,
+                labelled_slices_only=tuple(int(c) for c in labelled_slices_only),
+                slice_axis=slice_axis,
+            )
+        )
 
 
 class PerClassSurfaceDiceMetric(_PerClassMetric):
     """
-    Per-case, per-class normalised surface Dice of classes 1..N, buffered; see :func:`per_class_surface_dice`.
-
-    Args:
-        num_classes: number of classes including background.
-        tolerances: boundary tolerance in mm, one for all classes or one per class 1..N.
-        spacing: voxel size in mm along each spatial axis; ``None`` is 1 mm.
-        use_subvoxels: weight the boundary by surface-element areas.
-        ignore_index: label value of left-out voxels; ``None`` for none.
-        labelled_slices_only: labels scored only on the slices where the label has them.
-        slice_axis: spatial axis of those slices.
+    Per-case, per-class normalised surface Dice (:func:`per_class_surface_dice`), buffered; arguments as
+    :class:`PerClassSurfaceDice`.
     """
 
     def __init__(
@@ -349,35 +344,22 @@ class PerClassSurfaceDiceMetric(_PerClassMetric):
         tolerances: float | Sequence[float] = FLARE22_TOLERANCES,
         spacing: float | Sequence[float] | None = None,
         use_subvoxels: bool = True,
-        ignore_index: int | None = IGNORE_INDEX,
+        ignore_index: int | None = LABEL_IGNORE_VALUE,
         labelled_slices_only: Sequence[int] = (),
         slice_axis: int = -1,
     ) -> None:
-        super().__init__()
-        self.num_classes = int(num_classes)
-        self.tolerances = _check_tolerances(tolerances, self.num_classes - 1)
         _check_spacing(spacing)  # bad values fail here; the number of axes is checked on the data
-        self.spacing = spacing
-        self.use_subvoxels = use_subvoxels
-        self.options = {
-            "ignore_index": ignore_index,
-            "labelled_slices_only": tuple(int(c) for c in labelled_slices_only),
-            "slice_axis": slice_axis,
-        }
-
-    def _compute_tensor(
-        self, y_pred: torch.Tensor, y: torch.Tensor | None = None, **kwargs: Any
-    ) -> torch.Tensor:
-        if y is None:
-            raise ValueError("PerClassSurfaceDiceMetric needs the label y.")
-        return per_class_surface_dice(
-            y_pred,
-            y,
-            self.num_classes,
-            tolerances=self.tolerances,
-            spacing=self.spacing,
-            use_subvoxels=self.use_subvoxels,
-            **self.options,
+        super().__init__(
+            partial(
+                per_class_surface_dice,
+                num_classes=int(num_classes),
+                tolerances=_check_tolerances(tolerances, int(num_classes) - 1),
+                spacing=spacing,
+                use_subvoxels=use_subvoxels,
+                ignore_index=ignore_index,
+                labelled_slices_only=tuple(int(c) for c in labelled_slices_only),
+                slice_axis=slice_axis,
+            )
         )
 
 
@@ -437,7 +419,7 @@ class PerClassDice(_PerClassHandler):
         num_classes: int,
         class_names: Sequence[str] | None = None,
         include_background: bool = False,
-        ignore_index: int | None = IGNORE_INDEX,
+        ignore_index: int | None = LABEL_IGNORE_VALUE,
         labelled_slices_only: Sequence[int] = (),
         slice_axis: int = -1,
         output_transform: Callable = lambda x: x,
@@ -482,7 +464,7 @@ class PerClassSurfaceDice(_PerClassHandler):
         tolerances: float | Sequence[float] = FLARE22_TOLERANCES,
         spacing: float | Sequence[float] | None = None,
         use_subvoxels: bool = True,
-        ignore_index: int | None = IGNORE_INDEX,
+        ignore_index: int | None = LABEL_IGNORE_VALUE,
         labelled_slices_only: Sequence[int] = (),
         slice_axis: int = -1,
         output_transform: Callable = lambda x: x,

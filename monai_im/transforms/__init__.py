@@ -37,6 +37,7 @@ from monai_im.transforms.presets import (
     volume_patch_transforms,
     volume_segmentation_transforms,
 )
+from monai_im.transforms.readers import SIMPLEITK_SUFFIXES, SimpleITKReader, VolumeReader
 
 __all__ = [
     "AcceptPseudoLabel",
@@ -49,6 +50,9 @@ __all__ = [
     "InconsistencyMaskd",
     "PseudoLabelFormat",
     "SaveSegmentationd",
+    "SIMPLEITK_SUFFIXES",
+    "SimpleITKReader",
+    "VolumeReader",
     "segmentation_file_name",
     "Image2DReader",
     "ReadLabel",

@@ -129,7 +129,9 @@ class PseudoLabelFormat:
     def suffix(spatial_dims: int) -> str:
         """The file extension of a pseudo-label of ``spatial_dims`` dimensions."""
         if spatial_dims not in (2, 3):
-            raise ValueError(f"PseudoLabelFormat: 2D or 3D data expected, got {spatial_dims} spatial dimensions")
+            raise ValueError(
+                f"PseudoLabelFormat: 2D or 3D data expected, got {spatial_dims} spatial dimensions"
+            )
         return ".png" if spatial_dims == 2 else ".nii.gz"
 
     def path(self, folder: str | os.PathLike, name: str, spatial_dims: int) -> Path:
@@ -140,9 +142,13 @@ class PseudoLabelFormat:
         array = np.asarray(array, dtype=np.float32)
         if array.ndim == 3:
             return save_png(path, array * scale, compress_level=self.compress_level)
-        return _save_nifti(path, array, np.eye(4) if affine is None else affine, compress_level=self.compress_level)
+        return _save_nifti(
+            path, array, np.eye(4) if affine is None else affine, compress_level=self.compress_level
+        )
 
-    def write_label(self, path: str | os.PathLike, label: np.ndarray, affine: np.ndarray | None = None) -> Path:
+    def write_label(
+        self, path: str | os.PathLike, label: np.ndarray, affine: np.ndarray | None = None
+    ) -> Path:
         """Write a pseudo-label ``(C, *spatial)`` (0/1 masks or class indices) to ``path``."""
         scale = 1.0 if self.mode == "multiclass" or np.ndim(label) == 4 else self.label_scale
         return self._write(Path(path), label, scale, affine)
@@ -152,7 +158,11 @@ class PseudoLabelFormat:
         return self._write(Path(path), im, 255.0 if np.ndim(im) == 3 else 1.0, affine)
 
     def write_image(
-        self, path: str | os.PathLike, image: np.ndarray, affine: np.ndarray | None = None, scale: float = 255.0
+        self,
+        path: str | os.PathLike,
+        image: np.ndarray,
+        affine: np.ndarray | None = None,
+        scale: float = 255.0,
     ) -> Path:
         """Write a (masked) preprocessed image for looking at: 8-bit PNG (``* scale``) or float32 NIfTI."""
         array = np.asarray(image, dtype=np.float32)

@@ -18,8 +18,8 @@ from monai.transforms import (
     EnsureTyped,
     LoadImaged,
     Orientationd,
-    RandCropByLabelClassesd,
     RandAdjustContrastd,
+    RandCropByLabelClassesd,
     RandFlipd,
     RandGaussianNoised,
     RandGaussianSmoothd,
@@ -194,11 +194,12 @@ def volume_segmentation_transforms(
     im_class: int = 0,
     keep_meta: bool = True,
     reader: object | None = None,
+    keep_keys: Sequence[str] = (),
 ) -> Compose:
     """Load, reorient, resample, window and encode volume / label / IM triples (CT or MRI, 3D).
 
-    The chain: ``LoadImaged`` (NIfTI through nibabel; NRRD, MHA and DICOM folders through
-    :class:`monai_im.transforms.readers.SimpleITKReader` when given as ``reader``) -> ``Orientationd``
+    The chain: ``LoadImaged`` (``reader``, e.g. :class:`monai_im.transforms.VolumeReader`: NIfTI through
+    nibabel, NRRD, MHA and DICOM folders through SimpleITK; None = MONAI's default readers) -> ``Orientationd``
     (``orientation``) -> ``Spacingd`` (``pixdim`` mm; linear for the image, nearest for label and IM) ->
     ``ScaleIntensityRanged`` (the window ``[low, high]`` to [0, 1], clipped) -> :class:`ReadLabeld`
     (class indices for ``"multiclass"``) -> ``AsDiscreted`` (IM > 0.5) -> :class:`ApplyInconsistencyMaskd`
@@ -218,7 +219,9 @@ def volume_segmentation_transforms(
             :func:`image_segmentation_transforms`).
         keep_meta: keep MONAI's metadata (the affine, needed to write pseudo-labels aligned with their
             volume); training chains may drop it.
-        reader: an extra MONAI image reader tried before the default ones (e.g. ``SimpleITKReader()``).
+        reader: a MONAI image reader tried before the default ones (e.g. ``VolumeReader()``).
+        keep_keys: item keys kept besides ``image`` and ``label`` (e.g. ``output``, the mask path of
+            inference); the others are dropped so that labeled and pseudo-labeled items collate together.
     """
     keys = ["image", "label", "im"]
     chain: list = [
@@ -227,7 +230,14 @@ def volume_segmentation_transforms(
         ),
     ]
     if orientation:
-        chain.append(Orientationd(keys=keys, axcodes=orientation, allow_missing_keys=True))
+        chain.append(
+            Orientationd(
+                keys=keys,
+                axcodes=orientation,
+                labels=(("L", "R"), ("P", "A"), ("I", "S")),
+                allow_missing_keys=True,
+            )
+        )
     if pixdim is not None:
         chain.append(
             Spacingd(
@@ -241,7 +251,9 @@ def volume_segmentation_transforms(
         low, high = (float(v) for v in intensity_window)
         if not high > low:
             raise ValueError(f"intensity_window must be [low, high] with high > low, got {intensity_window}")
-        chain.append(ScaleIntensityRanged(keys="image", a_min=low, a_max=high, b_min=0.0, b_max=1.0, clip=True))
+        chain.append(
+            ScaleIntensityRanged(keys="image", a_min=low, a_max=high, b_min=0.0, b_max=1.0, clip=True)
+        )
     else:
         chain.append(ScaleImageIntensityd(keys="image", intensity_range="minmax"))
     chain += [
@@ -263,7 +275,7 @@ def volume_segmentation_transforms(
             im_class=im_class,
             allow_missing_keys=True,
         ),
-        SelectItemsd(keys=["image", "label"], allow_missing_keys=True),
+        SelectItemsd(keys=["image", "label", *keep_keys], allow_missing_keys=True),
         EnsureTyped(keys=["image", "label"], track_meta=bool(keep_meta), allow_missing_keys=True),
     ]
     return Compose(chain)

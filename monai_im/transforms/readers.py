@@ -26,7 +26,7 @@ from monai.data.image_reader import _copy_compatible_dict, _stack_images
 from monai.data.utils import orientation_ras_lps
 from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
 
-__all__ = ["SimpleITKReader", "SIMPLEITK_SUFFIXES"]
+__all__ = ["SimpleITKReader", "SIMPLEITK_SUFFIXES", "VolumeReader"]
 
 #: File name endings read by :class:`SimpleITKReader` (directories are read as DICOM series).
 SIMPLEITK_SUFFIXES: tuple[str, ...] = (".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
@@ -90,7 +90,9 @@ class SimpleITKReader(ImageReader):
 
     def _read_one(self, path: Path) -> sitk.Image:
         if not self.verify_suffix(path):
-            raise ValueError(f"{path}: not a format of SimpleITKReader (one of {', '.join(SIMPLEITK_SUFFIXES)})")
+            raise ValueError(
+                f"{path}: not a format of SimpleITKReader (one of {', '.join(SIMPLEITK_SUFFIXES)})"
+            )
         if path.is_dir():
             return self._read_series(path)
         if not path.is_file():
@@ -98,14 +100,18 @@ class SimpleITKReader(ImageReader):
         try:
             return sitk.ReadImage(str(path))
         except RuntimeError as err:
-            raise RuntimeError(f"{path}: SimpleITK cannot read it: {str(err).strip().splitlines()[-1]}") from err
+            raise RuntimeError(
+                f"{path}: SimpleITK cannot read it: {str(err).strip().splitlines()[-1]}"
+            ) from err
 
     def _read_series(self, folder: Path) -> sitk.Image:
         ids = list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
         if not ids:
             raise FileNotFoundError(f"{folder}: no DICOM series in this folder")
         if self.series_id is None and len(ids) > 1:
-            raise ValueError(f"{folder}: holds {len(ids)} DICOM series ({', '.join(ids)}); choose one with series_id")
+            raise ValueError(
+                f"{folder}: holds {len(ids)} DICOM series ({', '.join(ids)}); choose one with series_id"
+            )
         series_id = ids[0] if self.series_id is None else self.series_id
         if series_id not in ids:
             raise ValueError(f"{folder}: no DICOM series {series_id!r} (found {', '.join(ids)})")
@@ -159,3 +165,39 @@ class SimpleITKReader(ImageReader):
         if isinstance(self.channel_dim, int) and image.GetNumberOfComponentsPerPixel() == 1:
             size.pop(self.channel_dim)
         return np.asarray(size[: min(image.GetDimension(), 3)])
+
+
+class VolumeReader(ImageReader):
+    """One reader for every volume format: NIfTI through MONAI's ``NibabelReader``, NRRD, MHA/MHD and
+    DICOM (files or series folders) through :class:`SimpleITKReader`.
+
+    Given to ``LoadImage(d)(reader=VolumeReader())`` it reads what either reads, picked by the file name,
+    without the failed attempts (and their log lines) of a reader that refuses a format.
+
+    Args:
+        kwargs: passed to :class:`SimpleITKReader` (``series_id``, ``affine_lps_to_ras``, ``dtype``...).
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__()
+        from monai.data import NibabelReader
+
+        self.nifti = NibabelReader()
+        self.itk = SimpleITKReader(**kwargs)
+
+    def _reader(self, data: Sequence[PathLike] | PathLike) -> ImageReader:
+        names = [str(d) for d in ensure_tuple(data)]
+        if all(n.lower().endswith((".nii", ".nii.gz")) for n in names):
+            return self.nifti
+        return self.itk
+
+    def verify_suffix(self, filename: Sequence[PathLike] | PathLike) -> bool:  # noqa: D102
+        return self.nifti.verify_suffix(filename) or self.itk.verify_suffix(filename)
+
+    def read(self, data: Sequence[PathLike] | PathLike, **kwargs: Any) -> tuple[ImageReader, Any]:  # noqa: D102
+        reader = self._reader(data)
+        return reader, reader.read(data, **kwargs)
+
+    def get_data(self, img: tuple[ImageReader, Any]) -> tuple[np.ndarray, dict]:  # noqa: D102
+        reader, image = img
+        return reader.get_data(image)

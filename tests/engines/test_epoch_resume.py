@@ -49,11 +49,17 @@ def _setup(step_kind: str | None, seed: int = 0):
     net = IMUNet(2, 1, 1, alpha=0.25, dropout=0.2)
     optimizer = torch.optim.AdamW(net.parameters(), 1e-2)
     transforms = Compose(
-        [RandFlipd(["image", "label"], prob=0.5, spatial_axis=0), RandGaussianNoised("image", prob=0.5, std=0.05)]
+        [
+            RandFlipd(["image", "label"], prob=0.5, spatial_axis=0),
+            RandGaussianNoised("image", prob=0.5, std=0.05),
+        ]
     )
     train = CacheDataset(_items(6, 1), transform=transforms, progress=False)
     loader = DataLoader(
-        train, batch_size=2, sampler=EpochShuffleSampler(train, seed), generator=torch.Generator().manual_seed(seed)
+        train,
+        batch_size=2,
+        sampler=EpochShuffleSampler(train, seed),
+        generator=torch.Generator().manual_seed(seed),
     )
     val = DataLoader(CacheDataset(_items(2, 2), progress=False), batch_size=2)
     unlabeled = DataLoader(
@@ -155,13 +161,20 @@ def test_a_damaged_checkpoint_is_ignored_with_a_warning(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["cps_im", "im"])
-def test_a_study_killed_inside_a_student_resumes_it_from_its_epoch_checkpoint(name, tiny_data, tmp_path, make_study):
+def test_a_study_killed_inside_a_student_resumes_it_from_its_epoch_checkpoint(
+    name, tiny_data, tmp_path, make_study
+):
     from monai_im.engines import StudyEvents
     from monai_im.engines.methods import build_method
 
     def study(folder: Path):
         return make_study(
-            tiny_data, folder, method=build_method(name), num_students=1, num_teachers=1, epochs=3,
+            tiny_data,
+            folder,
+            method=build_method(name),
+            num_students=1,
+            num_teachers=1,
+            epochs=3,
             num_generations=1 if name == "im" else 0,
         )
 

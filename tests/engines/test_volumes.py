@@ -30,7 +30,9 @@ def _ct(path: Path, shape=(40, 36, 20), seed=0, classes=3) -> tuple[Path, Path]:
     """A CT-like volume (HU) with ``classes - 1`` box organs, and its label map, as NIfTI."""
     rng = np.random.default_rng(seed)
     hu = np.full(shape, -1000, dtype=np.int16)
-    hu[4:-4, 4:-4, :] = 40 + rng.integers(-20, 20, size=(shape[0] - 8, shape[1] - 8, shape[2])).astype(np.int16)
+    hu[4:-4, 4:-4, :] = 40 + rng.integers(-20, 20, size=(shape[0] - 8, shape[1] - 8, shape[2])).astype(
+        np.int16
+    )
     label = np.zeros(shape, dtype=np.uint8)
     for c in range(1, classes):
         x0 = 6 + 12 * (c - 1)
@@ -74,7 +76,9 @@ def test_volume_pseudo_labels_are_nifti_with_the_affine(tmp_path):
 
 def test_volume_transforms_reorient_resample_and_window(tmp_path):
     image, label = _ct(tmp_path)
-    out = volume_segmentation_transforms(pixdim=(3.0, 3.0, 3.0), num_classes=3)({"image": str(image), "label": str(label)})
+    out = volume_segmentation_transforms(pixdim=(3.0, 3.0, 3.0), num_classes=3)(
+        {"image": str(image), "label": str(label)}
+    )
     assert out["image"].shape == (1, 20, 18, 20)  # 40 x 1.5 mm -> 20 x 3 mm; z keeps 3 mm
     assert float(out["image"].min()) == 0.0 and float(out["image"].max()) <= 1.0
     assert set(torch.unique(out["label"]).tolist()) == {0.0, 1.0, 2.0}

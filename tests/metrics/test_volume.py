@@ -107,7 +107,10 @@ def test_absent_organ_is_left_out_and_false_positive_counts_zero():
     # class 3 predicted where the label has none: Dice 0 and NSD 0, and it pulls the mean down
     false_positive = _volume(CUBE_1, CUBE_2, (3, (slice(0, 2), slice(0, 2), slice(8, 12))))
     engine = _run_engine(
-        {"dice": PerClassDice(4, NAMES, output_transform=PICK), "nsd": PerClassSurfaceDice(4, NAMES, 1.0)},
+        {
+            "dice": PerClassDice(4, NAMES, output_transform=PICK),
+            "nsd": PerClassSurfaceDice(4, NAMES, 1.0, output_transform=PICK),
+        },
         [(false_positive, LABEL)],
     )
     m = engine.state.metrics
@@ -119,15 +122,16 @@ def test_ignore_label_is_excluded_from_both_metrics():
     label = LABEL.clone()
     label[0, 0, 2:4] = 255  # half of the liver and some background are unlabelled
     pred = LABEL.clone()
-    pred[0, 0, 0:2] = 3  # class 3 only inside the ignored slab... not quite: slab 0:2 is labelled
-    pred[0, 0, 0:2] = 0
-    pred[0, 0, 2:4, 0:2] = 3  # class 3 only where the label is 255
-    pred[0, 0, 2:4, 8:12, 0:2] = 2  # spurious spleen only where the label is 255
+    pred[0, 0, 2:4] = 0  # the prediction misses the unlabelled half of the liver...
+    pred[0, 0, 2:4, 0:2] = 3  # ...has class 3 only where the label is 255...
+    pred[0, 0, 2:4, 8:12, 0:2] = 2  # ...and spurious spleen only there
     dice = per_class_dice(pred, label, 4)
     nsd = per_class_surface_dice(pred, label, 4, tolerances=0.0)
     for values in (dice, nsd):
         torch.testing.assert_close(values[0, :2], torch.ones(2))
         assert math.isnan(values[0, 2])  # class 3 was only predicted on ignored voxels
+    minus_one = torch.where(label == 255, -1.0, label)  # another ignore value, e.g. the IM's
+    torch.testing.assert_close(per_class_dice(pred, minus_one, 4, ignore_index=-1), dice, equal_nan=True)
     with pytest.raises(ValueError, match="found 255"):
         per_class_dice(pred, label, 4, ignore_index=None)
     # a one-hot label marks left-out voxels by having no class
@@ -146,12 +150,16 @@ def test_batch_of_two_cases_averages_per_case():
     assert engine.state.metrics["dice"] == pytest.approx((0.7 + 1.0) / 2)
     assert engine.state.metric_details["dice"].shape == (2, 3)
     # the same cases in two iterations give the same values
-    engine2 = _run_engine({"dice": PerClassDice(4, NAMES, output_transform=PICK)}, [(LABEL, LABEL), (quarter, LABEL)])
+    engine2 = _run_engine(
+        {"dice": PerClassDice(4, NAMES, output_transform=PICK)}, [(LABEL, LABEL), (quarter, LABEL)]
+    )
     assert engine2.state.metrics["dice_liver"] == pytest.approx(0.7)
 
 
 def test_one_hot_and_index_inputs_agree():
-    pred = _volume((1, (slice(2, 5), slice(2, 6), slice(2, 6))), CUBE_2, (3, (slice(0, 2), slice(0, 2), slice(0, 2))))
+    pred = _volume(
+        (1, (slice(2, 5), slice(2, 6), slice(2, 6))), CUBE_2, (3, (slice(0, 2), slice(0, 2), slice(0, 2)))
+    )
     idx_dice = per_class_dice(pred, LABEL, 4)
     idx_nsd = per_class_surface_dice(pred, LABEL, 4, 1.0, (2.5, 2.5, 4.0))
     for p, y in [(one_hot(pred, 4), LABEL), (pred, one_hot(LABEL, 4)), (one_hot(pred, 4), one_hot(LABEL, 4))]:
@@ -183,10 +191,14 @@ def test_supervised_evaluator_reports_per_organ_keys():
     for decollate in (False, True):
         evaluator = SupervisedEvaluator(
             device=torch.device("cpu"),
-            val_data_loader=DataLoader(Dataset([{"image": i, "label": y} for i, y in zip(images, labels)]), 2),
+            val_data_loader=DataLoader(
+                Dataset([{"image": i, "label": y} for i, y in zip(images, labels)]), 2
+            ),
             network=torch.nn.Identity(),
             key_val_metric={"val_dice": copy.deepcopy(metric)},
-            additional_metrics={"val_nsd": PerClassSurfaceDice(4, NAMES, 5.0, (1, 1, 1), output_transform=PICK)},
+            additional_metrics={
+                "val_nsd": PerClassSurfaceDice(4, NAMES, 5.0, (1, 1, 1), output_transform=PICK)
+            },
             decollate=decollate,
         )
         evaluator.run()
@@ -215,9 +227,12 @@ def test_metric_classes_accumulate_and_reset():
 @pytest.mark.parametrize(
     ("call", "match"),
     [
-        (lambda: per_class_dice(_volume((20, CUBE_1[1])), LABEL, 4), "prediction: values must be 0..3, found 20"),
+        (
+            lambda: per_class_dice(_volume((20, CUBE_1[1])), LABEL, 4),
+            "prediction: values must be 0..3, found 20",
+        ),
         (lambda: per_class_dice(LABEL, LABEL + 0.5, 4), "whole numbers"),
-        (lambda: per_class_dice(torch.zeros(1, 2, 4, 4, 4), LABEL, 4), r"one-hot \(B, 4"),
+        (lambda: per_class_dice(torch.zeros(1, 2, 12, 12, 12), LABEL, 4), r"one-hot \(B, 4"),
         (lambda: per_class_dice(LABEL, LABEL[..., :6], 4), "same batch and spatial size"),
         (lambda: prepare_one_hot(LABEL, LABEL, 4, labelled_slices_only=(0,)), "labelled_slices_only"),
         (lambda: PerClassSurfaceDice(4), "tolerances must be one or 3"),
