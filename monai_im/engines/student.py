@@ -307,7 +307,8 @@ class _Resumable:
             state = load_checkpoint(path)
         except Exception as e:  # a damaged or foreign file: start over, loudly
             warnings.warn(
-                f"gen {self.generation} student {self.index}: ignoring {path} ({e}); training from the start."
+                f"gen {self.generation} student {self.index}: ignoring {path} ({e}); training from the start.",
+                stacklevel=2,
             )
             return False
         saved = state["trainer"]
