@@ -123,3 +123,21 @@ def test_sliding_window_pseudo_labelling_of_a_volume_larger_than_the_patch(tmp_p
         back = transform({"image": original["image"], "label": item["label"], "im": item["im"]})
         assert back["label"].shape == back["image"].shape
     assert (tmp_path / "pl" / "im_figure.png").is_file()
+
+
+def test_the_2d_chain_reads_2d_nifti_images_and_masks(tmp_path):
+    from monai_im.data.preflight import read_facts
+
+    rng = np.random.default_rng(0)
+    image = (rng.random((20, 24)) * 255).astype(np.uint8)
+    mask = np.zeros((20, 24), np.uint8)
+    mask[5:10, 4:12] = 1
+    nib.save(nib.Nifti1Image(image, np.eye(4)), tmp_path / "i.nii.gz")
+    nib.save(nib.Nifti1Image(mask, np.eye(4)), tmp_path / "m.nii.gz")
+    out = image_segmentation_transforms((20, 24), num_channels=1)(
+        {"image": str(tmp_path / "i.nii.gz"), "label": str(tmp_path / "m.nii.gz")}
+    )
+    np.testing.assert_allclose(out["image"][0].numpy(), image / 255.0, atol=1e-6)
+    np.testing.assert_array_equal(out["label"][0].numpy(), mask)
+    facts = read_facts(tmp_path / "i.nii.gz")
+    assert facts.error is None and facts.shape == [1, 20, 24] and facts.value_range == [0.0, 255.0]
