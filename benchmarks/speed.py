@@ -38,13 +38,14 @@ from speed_common import environment, header, isic_like_items, log
 
 from monai_im.io import atomic_write_bytes, atomic_write_json
 
-BENCHMARKS = ("im", "pseudo", "train", "memory", "precision")
+BENCHMARKS = ("im", "pseudo", "train", "memory", "precision", "memory3d")
 TITLES = {
     "im": "1. IM creation throughput",
     "pseudo": "2. Pseudo-labelling throughput",
     "train": "3. Training epoch: train_student vs bare PyTorch loop",
     "memory": "4. Peak memory of pseudo-labelling, unlabeled set grown 10x",
     "precision": "5. Precision, memory format and compilation (RunSettings) vs eager fp32",
+    "memory3d": "6. Peak memory of pseudo-labelling volumes (sliding window), unlabeled set grown 10x",
 }
 
 
@@ -86,6 +87,8 @@ def render(name: str, result: dict[str, Any]) -> str:
         from speed_train import train_table as fn
     elif name == "precision":
         from speed_precision import precision_table as fn
+    elif name == "memory3d":
+        from speed_memory import volume_memory_table as fn
     else:
         from speed_memory import memory_table as fn
     return fn(result)
@@ -180,6 +183,11 @@ def main(argv: list[str] | None = None) -> int:
 
                 result = run_precision_benchmark(quick=args.quick)
                 text = precision_table(result)
+            elif name == "memory3d":
+                from speed_memory import run_volume_memory_benchmark, volume_memory_table
+
+                result = run_volume_memory_benchmark(args.threads, quick=args.quick)
+                text = volume_memory_table(result)
             else:
                 from speed_memory import memory_table, run_memory_benchmark
 

@@ -23,9 +23,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from speed_common import isic_like_items, log, table
 
-__all__ = ["run_memory_benchmark", "memory_table"]
+__all__ = ["run_memory_benchmark", "memory_table", "run_volume_memory_benchmark", "volume_memory_table"]
 
 BATCH = 32
 # a small process in between, so that the child does not inherit this process's ru_maxrss
@@ -83,6 +84,121 @@ def _child(args: argparse.Namespace) -> None:
             }
         )
     )
+
+
+def _volume_child(args: argparse.Namespace) -> None:
+    """Pseudo-label ``--num-images`` CT-like volumes with two 3D teachers and a sliding window."""
+    import resource
+    import time
+
+    import torch
+    from monai.inferers import SlidingWindowInferer
+
+    torch.set_num_threads(args.threads)
+    from monai_im.engines import PseudoLabeler
+    from monai_im.engines.methods import build_method
+    from monai_im.io import load_json
+    from monai_im.networks import IMUNet
+    from monai_im.transforms import VolumeReader, volume_segmentation_transforms
+
+    root = Path(args.dataset)
+    datalist = load_json(root / "datalist.json")
+    items = [{"image": str(root / it["image"])} for it in datalist["labeled"] + datalist["unlabeled"]]
+    items = sorted(items, key=lambda it: it["image"])[: args.num_images]
+    teachers = []
+    for seed in range(2):
+        torch.manual_seed(seed)
+        teachers.append(IMUNet(3, 1, 14, alpha=0.5).eval())
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    keep_all = build_method("im", mode="multiclass", min_foreground=0, foreground_exceeds_im=False)
+    inferer = SlidingWindowInferer(roi_size=(48, 48, 32), sw_batch_size=4, overlap=0.25, mode="gaussian")
+    transform = volume_segmentation_transforms(pixdim=(2.5, 2.5, 4.0), num_classes=14, reader=VolumeReader())
+    start = time.perf_counter()
+    result = PseudoLabeler(keep_all, inferer=inferer, batch_size=1, progress=False)(
+        teachers, items, transform, args.output
+    )
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(
+        json.dumps(
+            {
+                "images": len(items),
+                "written": len(result.items),
+                "peak_rss_mib": peak / 1024.0,
+                "peak_rss_before_mib": before / 1024.0,
+                "vm_hwm_mib": _vm_hwm_mib(),
+                "seconds": seconds,
+            }
+        )
+    )
+
+
+def _spawn(args: list[str], what: str) -> dict[str, Any]:
+    proc = subprocess.run(
+        [sys.executable, "-c", _LAUNCHER, sys.executable, str(Path(__file__).resolve()), *args],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"memory child for {what} failed:\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run_volume_memory_benchmark(threads: int, quick: bool = False) -> dict[str, Any]:
+    """Peak RSS of pseudo-labelling n and 10 n CT-like volumes (sliding window), each in a fresh process."""
+    from monai_im.data.flare_like import make_flare_like_dataset
+
+    shape = (64, 64, 48)
+    small = 2 if quick else 4
+    sizes = [small, 10 * small]
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="mem3d_speed_") as tmp:
+        log(f"[memory3d] writing {sizes[-1]} synthetic CT volumes of {shape}")
+        make_flare_like_dataset(
+            Path(tmp) / "data", num_train=sizes[-1], num_val=0, num_test=0, shape=shape, progress=False
+        )
+        for n in sizes:
+            log(f"[memory3d] pseudo-labelling {n} volumes in a fresh process")
+            runs.append(
+                _spawn(
+                    [
+                        "--child",
+                        "--volumes",
+                        "--dataset",
+                        str(Path(tmp) / "data"),
+                        "--num-images",
+                        str(n),
+                        "--size",
+                        "0",
+                        "--threads",
+                        str(threads),
+                        "--output",
+                        str(Path(tmp) / f"out_{n}"),
+                    ],
+                    f"{n} volumes",
+                )
+            )
+    ratio = runs[-1]["peak_rss_mib"] / runs[0]["peak_rss_mib"]
+    held = sizes[-1] * 14 * 2 * int(np.prod(shape)) * 4 / 2**20
+    return {
+        "shape": list(shape),
+        "batch_size": 1,
+        "runs": runs,
+        "ratio": ratio,
+        "float32_set_mib": held,
+        "flat": ratio < 1.10,
+    }
+
+
+def volume_memory_table(result: dict[str, Any]) -> str:
+    shape = " x ".join(str(v) for v in result["shape"])
+    facts = (
+        f"{shape} CT-like volumes, one at a time, 2 teachers (14 classes), sliding window 48 x 48 x 32; every "
+        f"volume written as NIfTI; peak ratio {result['ratio']:.3f} ({'flat' if result['flat'] else 'NOT flat'}; "
+        f"the teachers' probabilities of the largest set held at once would take {result['float32_set_mib']:.0f} MiB)"
+    )
+    return facts + "\n\n" + memory_table({**result, "image_size": 0}).split("\n\n", 1)[1]
 
 
 def run_memory_benchmark(threads: int, quick: bool = False) -> dict[str, Any]:
@@ -176,8 +292,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, required=True)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--output", required=True)
+    p.add_argument("--volumes", action="store_true", help="CT-like volumes with a sliding window")
     return p
 
 
 if __name__ == "__main__":
-    _child(_parser().parse_args())
+    _args = _parser().parse_args()
+    (_volume_child if _args.volumes else _child)(_args)
