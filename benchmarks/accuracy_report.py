@@ -18,7 +18,7 @@ PAPER = {
     "isic": {"metric": "IoU", "LDT": 67.1, "ALDT": 72.4, "FDT": 75.1, "IM": 72.3, "closure": 0.65},
     "hela": {"metric": "MCCE", "LDT": 9.9, "ALDT": 3.3, "FDT": 2.5, "IM": 2.8, "closure": 0.96},
 }
-KEY = {"isic": ("test_iou", True), "hela": ("test_mcce", False)}
+KEY = {"isic": ("test_iou", True), "hela": ("test_mcce", False), "flare": ("test_dice", True)}
 PSEUDO = ("kept_fraction", "im_fraction", "im_fraction_kept", "label_iou", "label_iou_kept")
 
 
@@ -221,11 +221,16 @@ def write_report(
             references=refs,
         )
 
-    paper = PAPER[args.dataset]
+    paper = PAPER.get(args.dataset)
     md = [f"# Accuracy study: {args.dataset}-like demo data", ""]
     md.append(
-        f"{len(args.seeds)} seeds ({', '.join(map(str, args.seeds))}); {args.num_train} training images "
-        f"({args.size}x{args.size}, 10% labeled), {args.num_val} validation, {args.num_test} test; "
+        f"{len(args.seeds)} seeds ({', '.join(map(str, args.seeds))}); {args.num_train} training "
+        + (
+            "CT-like volumes (64 x 64 x 48, 25% labeled, mean Dice over 13 organs)"
+            if args.dataset == "flare"
+            else f"images ({args.size}x{args.size}, 10% labeled)"
+        )
+        + f", {args.num_val} validation, {args.num_test} test; "
         f"{args.students} students per generation, {args.generations} generations after generation 0, "
         f"{args.epochs} epochs (at least {args.min_steps} optimiser steps per student), batch {args.batch_size}; "
         f"{args.jobs} studies at a time with {args.threads} "
@@ -258,6 +263,8 @@ def write_report(
     formula = "(IM - LDT) / (FDT - LDT)" if higher else "(LDT - IM) / (LDT - FDT)"
     md.append(
         f"{formula}; paper: {paper['closure']:.0%} (LDT {paper['LDT']}, IM {paper['IM']}, FDT {paper['FDT']} {paper['metric']})."
+        if paper
+        else f"{formula}; the paper has no volume study."
     )
     md.append("")
     md.append(
