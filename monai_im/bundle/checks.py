@@ -83,7 +83,8 @@ def check_bundle(bundle_dir: str | os.PathLike, checkpoint: str | os.PathLike | 
             meta_file=meta,
             config_file=train,
         )
-        shape = parser.get_parsed_content("image_size")
+        # the network's input: the 2D bundles' image size, the 3D bundles' patch (sliding-window) size
+        shape = parser.get_parsed_content("image_size" if "image_size" in parser else "patch_size")
         x = torch.rand(1, parser.get_parsed_content("in_channels"), *shape)
         with torch.no_grad():
             if not torch.allclose(torch.jit.load(str(ts))(x), net(x), atol=1e-5):
@@ -92,8 +93,14 @@ def check_bundle(bundle_dir: str | os.PathLike, checkpoint: str | os.PathLike | 
         inputs = Path(tmp) / "inputs"
         inputs.mkdir()
         channels = x.shape[1]
-        pixels = (np.random.default_rng(0).random((*shape, channels)) * 255).astype(np.uint8)
-        Image.fromarray(pixels[..., 0] if channels == 1 else pixels).save(inputs / "image.png")
+        if len(shape) == 3:  # a CT-like volume in Hounsfield units, 1.5 mm voxels
+            import nibabel as nib
+
+            hu = np.random.default_rng(0).integers(-1000, 1000, size=tuple(shape)).astype(np.int16)
+            nib.save(nib.Nifti1Image(hu, np.diag([1.5, 1.5, 1.5, 1.0])), inputs / "image.nii.gz")
+        else:
+            pixels = (np.random.default_rng(0).random((*shape, channels)) * 255).astype(np.uint8)
+            Image.fromarray(pixels[..., 0] if channels == 1 else pixels).save(inputs / "image.png")
         workflow = ConfigWorkflow(
             config_file=_configs(bundle, "train.json", "inference.json"),
             meta_file=meta,

@@ -168,3 +168,23 @@ def test_a_label_with_an_organ_index_beyond_num_classes_stops_before_training(tm
         in capfd.readouterr().err
     )
     assert not (tmp_path / "run" / "generation_0").exists()
+
+
+def test_the_model_zoo_checks_pass_on_the_3d_bundle():
+    from monai_im.bundle import check_bundle
+
+    done = check_bundle(REPO / "bundles/flare22_im")
+    assert done == ["verify_metadata", "verify_net_in_out", "ckpt_export", "check_properties (inference)"]
+
+
+def test_evaluation_writes_per_organ_metrics_of_a_checkpoint(finished_study, tmp_path):
+    data, out = finished_study
+    run(
+        [TRAIN, str(CONFIGS / "evaluate.json")],
+        {"dataset_dir": str(data), "output_dir": str(tmp_path), "checkpoint": str(out / "model.pt"),
+         "patch_size": [32, 32, 32], "progress": False},
+    )
+    summary = (tmp_path / "eval_test" / "test_dice_summary.csv").read_text()
+    assert "mean" in summary
+    raw = (tmp_path / "eval_test" / "test_dice_raw.csv").read_text().strip().splitlines()
+    assert len(raw) == 1 + len(json.loads((data / "datalist.json").read_text())["test"])
