@@ -44,32 +44,24 @@ def _vm_hwm_mib() -> float | None:
     return None
 
 
-def _child(args: argparse.Namespace) -> None:
+def _items(dataset: str, n: int) -> list[dict[str, str]]:
+    """The first ``n`` training files of a demo dataset, by name."""
+    from monai_im.io import load_json
+
+    root = Path(dataset)
+    datalist = load_json(root / "datalist.json")
+    items = [{"image": str(root / it["image"])} for it in datalist["labeled"] + datalist["unlabeled"]]
+    return sorted(items, key=lambda it: it["image"])[:n]
+
+
+def _measure(labeler: Any, teachers: list, items: list, transform: Any, output: str) -> None:
+    """Pseudo-label ``items`` and print the peak memory (this process's) as one JSON line."""
     import resource
     import time
 
-    import torch
-
-    torch.set_num_threads(args.threads)
-    from monai_im.engines import InconsistencyMaskStrategy, PseudoLabeler
-    from monai_im.io import load_json
-    from monai_im.networks import IMUNet
-    from monai_im.transforms import image_segmentation_transforms
-
-    root = Path(args.dataset)
-    datalist = load_json(root / "datalist.json")
-    items = [{"image": str(root / it["image"])} for it in datalist["labeled"] + datalist["unlabeled"]]
-    items = sorted(items, key=lambda it: it["image"])[: args.num_images]
-    teachers = []
-    for seed in range(3):
-        torch.manual_seed(seed)
-        teachers.append(IMUNet(2, 3, 1, alpha=0.5).eval())
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    keep_all = InconsistencyMaskStrategy(min_foreground=0, foreground_exceeds_im=False)
     start = time.perf_counter()
-    result = PseudoLabeler(keep_all, batch_size=BATCH, progress=False)(
-        teachers, items, image_segmentation_transforms((args.size, args.size), num_channels=3), args.output
-    )
+    result = labeler(teachers, items, transform, output)
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     print(
@@ -86,50 +78,53 @@ def _child(args: argparse.Namespace) -> None:
     )
 
 
+def _teachers(n: int, make: Any) -> list:
+    import torch
+
+    teachers = []
+    for seed in range(n):
+        torch.manual_seed(seed)
+        teachers.append(make().eval())
+    return teachers
+
+
+def _child(args: argparse.Namespace) -> None:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from monai_im.engines import InconsistencyMaskStrategy, PseudoLabeler
+    from monai_im.networks import IMUNet
+    from monai_im.transforms import image_segmentation_transforms
+
+    keep_all = InconsistencyMaskStrategy(min_foreground=0, foreground_exceeds_im=False)
+    _measure(
+        PseudoLabeler(keep_all, batch_size=BATCH, progress=False),
+        _teachers(3, lambda: IMUNet(2, 3, 1, alpha=0.5)),
+        _items(args.dataset, args.num_images),
+        image_segmentation_transforms((args.size, args.size), num_channels=3),
+        args.output,
+    )
+
+
 def _volume_child(args: argparse.Namespace) -> None:
     """Pseudo-label ``--num-images`` CT-like volumes with two 3D teachers and a sliding window."""
-    import resource
-    import time
-
     import torch
     from monai.inferers import SlidingWindowInferer
 
     torch.set_num_threads(args.threads)
     from monai_im.engines import PseudoLabeler
     from monai_im.engines.methods import build_method
-    from monai_im.io import load_json
     from monai_im.networks import IMUNet
     from monai_im.transforms import VolumeReader, volume_segmentation_transforms
 
-    root = Path(args.dataset)
-    datalist = load_json(root / "datalist.json")
-    items = [{"image": str(root / it["image"])} for it in datalist["labeled"] + datalist["unlabeled"]]
-    items = sorted(items, key=lambda it: it["image"])[: args.num_images]
-    teachers = []
-    for seed in range(2):
-        torch.manual_seed(seed)
-        teachers.append(IMUNet(3, 1, 14, alpha=0.5).eval())
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     keep_all = build_method("im", mode="multiclass", min_foreground=0, foreground_exceeds_im=False)
     inferer = SlidingWindowInferer(roi_size=(48, 48, 32), sw_batch_size=4, overlap=0.25, mode="gaussian")
-    transform = volume_segmentation_transforms(pixdim=(2.5, 2.5, 4.0), num_classes=14, reader=VolumeReader())
-    start = time.perf_counter()
-    result = PseudoLabeler(keep_all, inferer=inferer, batch_size=1, progress=False)(
-        teachers, items, transform, args.output
-    )
-    seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(
-        json.dumps(
-            {
-                "images": len(items),
-                "written": len(result.items),
-                "peak_rss_mib": peak / 1024.0,
-                "peak_rss_before_mib": before / 1024.0,
-                "vm_hwm_mib": _vm_hwm_mib(),
-                "seconds": seconds,
-            }
-        )
+    _measure(
+        PseudoLabeler(keep_all, inferer=inferer, batch_size=1, progress=False),
+        _teachers(2, lambda: IMUNet(3, 1, 14, alpha=0.5)),
+        _items(args.dataset, args.num_images),
+        volume_segmentation_transforms(pixdim=(2.5, 2.5, 4.0), num_classes=14, reader=VolumeReader()),
+        args.output,
     )
 
 
@@ -212,32 +207,9 @@ def run_memory_benchmark(threads: int, quick: bool = False) -> dict[str, Any]:
         isic_like_items(Path(tmp) / "data", sizes[-1], size)
         for n in sizes:
             log(f"[memory] pseudo-labelling {n} images in a fresh process")
-            proc = subprocess.run(
-                [
-                    sys.executable,
-                    "-c",
-                    _LAUNCHER,
-                    sys.executable,
-                    str(Path(__file__).resolve()),
-                    "--child",
-                    "--dataset",
-                    str(Path(tmp) / "data"),
-                    "--num-images",
-                    str(n),
-                    "--size",
-                    str(size),
-                    "--threads",
-                    str(threads),
-                    "--output",
-                    str(Path(tmp) / f"out_{n}"),
-                ],
-                capture_output=True,
-                text=True,
-                check=False,
-            )
-            if proc.returncode != 0:
-                raise RuntimeError(f"memory child for {n} images failed:\n{proc.stderr[-4000:]}")
-            runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            args = ["--child", "--dataset", str(Path(tmp) / "data"), "--num-images", str(n)]
+            args += ["--size", str(size), "--threads", str(threads), "--output", str(Path(tmp) / f"out_{n}")]
+            runs.append(_spawn(args, f"{n} images"))
     ratio = runs[-1]["peak_rss_mib"] / runs[0]["peak_rss_mib"]
     held = sizes[-1] * 3 * size * size * 4 / 2**20
     return {

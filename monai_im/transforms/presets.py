@@ -62,6 +62,32 @@ def _read_images(keys: Sequence[str], num_channels: int, intensity_range: Intens
     ]
 
 
+def _cut_im(
+    label_policy: str,
+    fill_value: float,
+    ignore_index: int,
+    im_class: int,
+    keep_meta: bool,
+    keep_keys: Sequence[str] = (),
+) -> list:
+    """The end of every chain: the IM cut out of image and label (the one place it is applied), then only
+    ``image``, ``label`` and ``keep_keys`` kept (labeled and pseudo-labeled items collate together)."""
+    return [
+        ApplyInconsistencyMaskd(
+            image_keys="image",
+            label_keys="label",
+            im_key="im",
+            policy=label_policy,
+            fill_value=fill_value,
+            ignore_index=ignore_index,
+            im_class=im_class,
+            allow_missing_keys=True,
+        ),
+        SelectItemsd(keys=["image", "label", *keep_keys], allow_missing_keys=True),
+        EnsureTyped(keys=["image", "label"], track_meta=bool(keep_meta), allow_missing_keys=True),
+    ]
+
+
 def image_segmentation_transforms(
     image_size: Sequence[int],
     num_channels: int = 3,
@@ -117,18 +143,7 @@ def image_segmentation_transforms(
                 mode=("bilinear", "nearest", "nearest"),
                 allow_missing_keys=True,
             ),
-            ApplyInconsistencyMaskd(
-                image_keys="image",
-                label_keys="label",
-                im_key="im",
-                policy=label_policy,
-                fill_value=fill_value,
-                ignore_index=ignore_index,
-                im_class=im_class,
-                allow_missing_keys=True,
-            ),
-            SelectItemsd(keys=["image", "label"], allow_missing_keys=True),
-            EnsureTyped(keys=["image", "label"], track_meta=False, allow_missing_keys=True),
+            *_cut_im(label_policy, fill_value, ignore_index, im_class, keep_meta=False),
         ]
     )
 
@@ -265,18 +280,7 @@ def volume_segmentation_transforms(
             allow_missing_keys=True,
         ),
         AsDiscreted(keys="im", threshold=0.5, allow_missing_keys=True),
-        ApplyInconsistencyMaskd(
-            image_keys="image",
-            label_keys="label",
-            im_key="im",
-            policy=label_policy,
-            fill_value=fill_value,
-            ignore_index=ignore_index,
-            im_class=im_class,
-            allow_missing_keys=True,
-        ),
-        SelectItemsd(keys=["image", "label", *keep_keys], allow_missing_keys=True),
-        EnsureTyped(keys=["image", "label"], track_meta=bool(keep_meta), allow_missing_keys=True),
+        *_cut_im(label_policy, fill_value, ignore_index, im_class, keep_meta, keep_keys),
     ]
     return Compose(chain)
 
