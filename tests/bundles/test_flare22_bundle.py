@@ -188,3 +188,11 @@ def test_evaluation_writes_per_organ_metrics_of_a_checkpoint(finished_study, tmp
     assert "mean" in summary
     raw = (tmp_path / "eval_test" / "test_dice_raw.csv").read_text().strip().splitlines()
     assert len(raw) == 1 + len(json.loads((data / "datalist.json").read_text())["test"])
+
+
+def test_suggestions_rank_the_unlabeled_volumes_of_a_finished_study(finished_study):
+    data, out = finished_study
+    run([TRAIN, DEMO, str(CONFIGS / "suggest.json")], tiny(data, out))
+    rows = (out / "suggestions" / "suggestions.csv").read_text().strip().splitlines()
+    unlabeled = json.loads((data / "datalist.json").read_text())["unlabeled"]
+    assert len(rows) == 1 + len(unlabeled) and (out / "suggestions" / "top_k.png").is_file()
