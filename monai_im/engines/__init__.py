@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from monai_im.engines.acceleration import PRECISIONS, RunSettings, cpu_supports_bf16
 from monai_im.engines.concurrency import run_concurrently, student_dataset
+from monai_im.engines.distributed import DistributedContext, replay_student
 from monai_im.engines.events import StudyEventRegistry, StudyEvents
 from monai_im.engines.inferers import AdaptiveInferer, ensemble_predict
 from monai_im.engines.layout import StudyLayout, StudyMismatchError, dataset_fingerprint, study_identity
@@ -32,6 +33,8 @@ from monai_im.engines.study import TEACHER_POOLS, SelfTrainingStudy
 from monai_im.engines.suggest import SCORES, Suggester, SuggestionError, disagreement_scores
 
 __all__ = [
+    "DistributedContext",
+    "replay_student",
     "PRECISIONS",
     "RunSettings",
     "cpu_supports_bf16",

@@ -11,6 +11,7 @@ and the output folder appears only once it is complete (see :func:`monai_im.io.a
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -100,6 +101,20 @@ class PseudoLabelResult:
             output_dir=str(folder),
             figure_path=str(figure) if figure.is_file() else None,
         )
+
+
+@dataclass
+class _Labelled:
+    """What the teachers made of a run of batches, before the statistics of the whole set."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    #: per batch: images, accepted, sum of the IM fractions, sum of the kept images' IM fractions
+    batches: list[tuple[int, int, float, float]] = field(default_factory=list)
+    quality: list[float] = field(default_factory=list)
+    quality_kept: list[float] = field(default_factory=list)
+    scores: list[torch.Tensor] = field(default_factory=list)
+    figure: FigureSample | None = None
+    figure_path: Path | None = None
 
 
 def _affines(images: Any) -> np.ndarray | None:
@@ -209,40 +224,176 @@ class PseudoLabeler:
 
         The IM figure (:class:`FigureSample`) of the first images is drawn into the folder as
         ``im_figure.png``; a method's quality scores go into the datalist as ``score``.
+        Several processes share the work with :meth:`label_shard` and :meth:`merge_shards`.
         """
+        self._check_strategy()
+        output_dir = Path(output_dir)
+        with atomic_directory(output_dir, overwrite=True) as tmp:
+            part = self._label(teachers, items, transform, tmp, description, 0, len(items), True)
+            stats = self._finish(tmp, part, extra_stats)
+        final = [self._move(it, tmp, output_dir) for it in part.rows]
+        figure_path = part.figure_path
+        return PseudoLabelResult(
+            items=final,
+            stats=stats,
+            figure=part.figure,
+            output_dir=str(output_dir),
+            figure_path=str(output_dir / figure_path.name) if figure_path is not None else None,
+        )
+
+    # ------------------------------------------------------------------ shards of several processes
+    #: a shard's rows and raw statistics, beside its files
+    SHARD_FILE = "shard.json"
+
+    @staticmethod
+    def shard_folder(output_dir: str | os.PathLike, rank: int) -> Path:
+        """Where process ``rank`` writes its shard of the set ``output_dir``: a hidden ``.partial`` sibling,
+        which a study removes as a leftover when it starts again after an interruption."""
+        output_dir = Path(output_dir)
+        return output_dir.with_name(f".{output_dir.name}.shard-{int(rank):04d}.partial")
+
+    def label_shard(
+        self,
+        teachers: Sequence[torch.nn.Module],
+        items: Sequence[Mapping[str, Any]],
+        transform: Callable,
+        shard_dir: str | os.PathLike,
+        shard: tuple[int, int],
+        description: str = "pseudo-labelling",
+    ) -> Path:
+        """Pseudo-label ``items[start:stop]`` into ``shard_dir`` (created atomically), for :meth:`merge_shards`.
+
+        The files and rows are those a single pass over all ``items`` writes for these images (the same
+        ``source`` indices and file names); ``shard.json`` holds the rows and the raw statistics (per-batch
+        totals, per-image agreements and scores), from which the merge computes the statistics of the
+        whole set exactly as :meth:`__call__` does. The shard starting at 0 draws the IM figure.
+
+        Args:
+            teachers, items, transform, description: as for :meth:`__call__` (``items`` is the whole list).
+            shard_dir: the shard's folder, e.g. :meth:`shard_folder`.
+            shard: ``(start, stop)``; whole batches of ``batch_size`` (see
+                :meth:`monai_im.engines.distributed.DistributedContext.shard`), so that every batch, and so
+                every per-image result, is the one a single pass computes.
+        """
+        self._check_strategy()
+        start, stop = (int(v) for v in shard)
+        if not 0 <= start <= stop <= len(items):
+            raise ValueError(f"shard {start}:{stop} is not inside the {len(items)} unlabeled items")
+        shard_dir = Path(shard_dir)
+        with atomic_directory(shard_dir, overwrite=True) as tmp:
+            part = self._label(teachers, items, transform, tmp, description, start, stop, start == 0)
+            record = {
+                "start": start,
+                "stop": stop,
+                "rows": [self._relative(it, tmp) for it in part.rows],
+                "batches": part.batches,
+                "quality": part.quality,
+                "quality_kept": part.quality_kept,
+                "scores": [s.tolist() for s in part.scores],
+            }
+            atomic_write_json(tmp / self.SHARD_FILE, record)
+        return shard_dir
+
+    def merge_shards(
+        self,
+        shard_dirs: Sequence[str | os.PathLike],
+        output_dir: str | os.PathLike,
+        extra_stats: Mapping[str, float] | None = None,
+    ) -> PseudoLabelResult:
+        """Merge the shards of :meth:`label_shard` into the set ``output_dir`` (created atomically) that a
+        single :meth:`__call__` over all items writes: the same files, rows (in unlabeled order) and
+        statistics. The shard folders are removed afterwards.
+
+        Args:
+            shard_dirs: the shards' folders, together covering the unlabeled list without gaps.
+            output_dir: the final pseudo-label folder.
+            extra_stats: as for :meth:`__call__`.
+
+        Raises:
+            ValueError: a shard is missing its ``shard.json``, or the shards leave a gap or overlap.
+        """
+        output_dir = Path(output_dir)
+        shards = []
+        for d in map(Path, shard_dirs):
+            if not (d / self.SHARD_FILE).is_file():
+                raise ValueError(f"{d}: not a finished pseudo-label shard (no {self.SHARD_FILE})")
+            shards.append((d, load_json(d / self.SHARD_FILE)))
+        shards.sort(key=lambda s: (s[1]["start"], s[1]["stop"]))
+        expected = 0
+        for d, record in shards:
+            if record["start"] != expected:
+                raise ValueError(
+                    f"{d}: shard starts at item {record['start']}, the previous one ends at {expected}"
+                )
+            expected = record["stop"]
+        part = _Labelled()
+        with atomic_directory(output_dir, overwrite=True) as tmp:
+            for sub in self._subfolders():
+                (tmp / sub).mkdir()
+            for d, record in shards:
+                for sub in self._subfolders():
+                    for f in sorted((d / sub).iterdir()) if (d / sub).is_dir() else []:
+                        os.replace(f, tmp / sub / f.name)
+                if (d / PseudoLabelResult.FIGURE).is_file():
+                    part.figure_path = tmp / PseudoLabelResult.FIGURE
+                    os.replace(d / PseudoLabelResult.FIGURE, part.figure_path)
+                part.rows += [PseudoLabelResult._resolve(row, tmp) for row in record["rows"]]
+                part.batches += [tuple(b) for b in record["batches"]]
+                part.quality += record["quality"]
+                part.quality_kept += record["quality_kept"]
+                part.scores += [torch.tensor(s, dtype=torch.float32) for s in record["scores"]]
+            stats = self._finish(tmp, part, extra_stats)
+        for d, _ in shards:
+            shutil.rmtree(d, ignore_errors=True)
+        figure = output_dir / PseudoLabelResult.FIGURE
+        return PseudoLabelResult(
+            items=[self._move(it, tmp, output_dir) for it in part.rows],
+            stats=stats,
+            output_dir=str(output_dir),
+            figure_path=str(figure) if part.figure_path is not None else None,
+        )
+
+    # ------------------------------------------------------------------ the steps of a pass
+    def _check_strategy(self) -> None:
+        if not self.strategy.makes_pseudo_labels:
+            raise ValueError(f"strategy {self.strategy.name!r} makes no pseudo-labels")
+
+    def _subfolders(self) -> tuple[str, ...]:
+        return ("images", "labels", "ims") if self.save_masked_images else ("labels", "ims")
+
+    def _label(
+        self,
+        teachers: Sequence[torch.nn.Module],
+        items: Sequence[Mapping[str, Any]],
+        transform: Callable,
+        tmp: Path,
+        description: str,
+        start: int,
+        stop: int,
+        draw_figure: bool,
+    ) -> _Labelled:
+        """Label ``items[start:stop]`` batch by batch into the folder ``tmp`` being written; file names and
+        ``source`` indices are those of the whole list."""
         from monai.data import DataLoader, Dataset
 
         uids = [_uid(it, i) for i, it in enumerate(items)]
         items_in = list(items)
         loader = DataLoader(
-            Dataset([dict(it) for it in items], transform=transform),
+            Dataset([dict(it) for it in items_in[start:stop]], transform=transform),
             batch_size=self.batch_size,
             shuffle=False,
             num_workers=self.num_workers,
         )
-        if not self.strategy.makes_pseudo_labels:
-            raise ValueError(f"strategy {self.strategy.name!r} makes no pseudo-labels")
         teachers = [self.run_settings.prepare_network(t, self.device).eval() for t in teachers]
-        totals: dict[str, float] = {
-            "images": 0,
-            "accepted": 0,
-            "im_fraction_sum": 0.0,
-            "im_fraction_kept_sum": 0.0,
-        }
-        quality: list[float] = []
-        quality_kept: list[float] = []
-        scores: list[torch.Tensor] = []
-        figure: FigureSample | None = None
+        part = _Labelled()
         drawn: Future | None = None
-        items: list[dict[str, Any]] = []
-        output_dir = Path(output_dir)
-        with atomic_directory(output_dir, overwrite=True) as tmp, ThreadPoolExecutor(max_workers=2) as pool:
-            for sub in ("images", "labels", "ims") if self.save_masked_images else ("labels", "ims"):
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            for sub in self._subfolders():
                 (tmp / sub).mkdir()
             pending: list[Future] = []
             bar = progress_bar(loader, desc=description, unit="batch", disable=not self.progress, leave=False)
-            start = 0
             files = PseudoLabelFormat(self.strategy.mode, self.label_scale, self.compress_level)
+            kept, seen = 0, 0
             for batch in bar:
                 affines = _affines(batch["image"])  # volumes: where each preprocessed volume lies
                 images = convert_to_tensor(batch["image"], track_meta=False).to(self.device)
@@ -259,47 +410,57 @@ class PseudoLabeler:
                     im.flatten(1).float().mean(1) if im is not None else torch.zeros(n, device=images.device)
                 )
                 accepted = result.accepted
-                totals["images"] += n
-                totals["accepted"] += int(accepted.sum())
-                totals["im_fraction_sum"] += float(im_frac.sum())
-                totals["im_fraction_kept_sum"] += float(im_frac[accepted].sum())
+                part.batches.append(
+                    (n, int(accepted.sum()), float(im_frac.sum()), float(im_frac[accepted].sum()))
+                )
                 if result.score is not None:
-                    scores.append(torch.stack([result.score.float(), accepted.float()]).cpu())
+                    part.scores.append(torch.stack([result.score.float(), accepted.float()]).cpu())
                 if "label" in batch and self.strategy.mode != "multiclass":
                     truth = convert_to_tensor(batch["label"], track_meta=False).to(self.device) > 0
                     iou = self._agreement(result.label > 0, truth, im)
-                    quality.extend(iou.tolist())
-                    quality_kept.extend(iou[accepted].tolist())
-                if figure is None and self.num_figure_images > 0:
-                    figure = self._figure(images, probs, result, masked)
+                    part.quality.extend(iou.tolist())
+                    part.quality_kept.extend(iou[accepted].tolist())
+                if part.figure is None and draw_figure and self.num_figure_images > 0:
+                    part.figure = self._figure(images, probs, result, masked)
                     # drawn by a writer thread while the teachers go on (matplotlib's Agg canvas, no pyplot)
-                    drawn = pool.submit(figure.plot, tmp / PseudoLabelResult.FIGURE)
+                    drawn = pool.submit(part.figure.plot, tmp / PseudoLabelResult.FIGURE)
                 # bound memory: wait for the previous batch's files before queueing this one's
                 for f in pending:
                     f.result()
                 sources = list(range(start, start + n))
                 pending = self._write(
-                    pool, files, tmp, uids, sources, items_in, masked, result, accepted, items, affines
+                    pool, files, tmp, uids, sources, items_in, masked, result, accepted, part.rows, affines
                 )
                 start += n
-                bar.set_postfix(kept=f"{int(totals['accepted'])}/{int(totals['images'])}", refresh=False)
+                kept, seen = kept + part.batches[-1][1], seen + n
+                bar.set_postfix(kept=f"{kept}/{seen}", refresh=False)
             for f in pending:
                 f.result()
-            stats = {**self._stats(totals, quality, quality_kept), **self._score_stats(scores)}
-            stats.update({k: float(v) for k, v in (extra_stats or {}).items()})
-            figure_path = drawn.result() if figure is not None else None
-            write_datalist(
-                tmp / "datalist.json", {"pseudo_labeled": [self._relative(it, tmp) for it in items]}
-            )
-            atomic_write_json(tmp / "stats.json", stats)
-        final = [self._move(it, tmp, output_dir) for it in items]
-        return PseudoLabelResult(
-            items=final,
-            stats=stats,
-            figure=figure,
-            output_dir=str(output_dir),
-            figure_path=str(output_dir / figure_path.name) if figure_path is not None else None,
+            part.figure_path = drawn.result() if drawn is not None else None
+        return part
+
+    def _finish(
+        self, tmp: Path, part: _Labelled, extra_stats: Mapping[str, float] | None
+    ) -> dict[str, float]:
+        """The statistics of a whole set from its batches; ``datalist.json`` and ``stats.json`` into ``tmp``."""
+        totals: dict[str, float] = {
+            "images": 0,
+            "accepted": 0,
+            "im_fraction_sum": 0.0,
+            "im_fraction_kept_sum": 0.0,
+        }
+        for n, accepted, im_sum, im_kept_sum in part.batches:  # in batch order: the sums of one pass
+            totals["images"] += n
+            totals["accepted"] += accepted
+            totals["im_fraction_sum"] += im_sum
+            totals["im_fraction_kept_sum"] += im_kept_sum
+        stats = {**self._stats(totals, part.quality, part.quality_kept), **self._score_stats(part.scores)}
+        stats.update({k: float(v) for k, v in (extra_stats or {}).items()})
+        write_datalist(
+            tmp / "datalist.json", {"pseudo_labeled": [self._relative(it, tmp) for it in part.rows]}
         )
+        atomic_write_json(tmp / "stats.json", stats)
+        return stats
 
     @staticmethod
     def _score_stats(scores: list[torch.Tensor]) -> dict[str, float]:

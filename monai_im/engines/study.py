@@ -22,6 +22,7 @@ observe the :class:`monai_im.engines.events.StudyEvents` they register for; they
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -36,6 +37,7 @@ from monai.utils import set_determinism
 from monai_im.engines.acceleration import RunSettings, resolve_run_settings
 from monai_im.engines.checkpoint import LAST_CHECKPOINT, EpochShuffleSampler
 from monai_im.engines.concurrency import run_concurrently, student_dataset
+from monai_im.engines.distributed import DistributedContext, replay_student
 from monai_im.engines.events import StudyEventRegistry, StudyEvents
 from monai_im.engines.layout import StudyLayout, StudyMismatchError, study_identity
 from monai_im.engines.methods import GenerationContext, InconsistencyMask, Method
@@ -110,6 +112,11 @@ class SelfTrainingStudy(StudyEventRegistry):
             ``model.pt``, ``results.json``, ``study.json``) are deleted first, nothing else of the
             folder. Without it a folder holding another study (method, seed, protocol or dataset
             differ) is refused; the same study is continued.
+        distributed: the process of a study spread over several (``torchrun``; see
+            :mod:`monai_im.engines.distributed`): student ``k`` trains on rank ``k % world_size``, each
+            rank pseudo-labels a shard, and rank 0 alone prepares the folder, evaluates the test set,
+            writes the summaries and runs the ``handlers``. ``output_dir`` must be one folder all
+            processes share. Default: a single process.
     """
 
     def __init__(
@@ -150,8 +157,10 @@ class SelfTrainingStudy(StudyEventRegistry):
         teacher_pool: str = "last",
         concurrent_students: int = 1,
         strategy: Method | None = None,
+        distributed: DistributedContext | None = None,
     ) -> None:
         super().__init__()
+        self.distributed = distributed if distributed is not None else DistributedContext()
         if len(key_metric) != 1:
             raise ValueError(f"key_metric must hold exactly one metric, got {list(key_metric)}")
         if num_students < 1 or epochs < 1 or batch_size < 1 or num_generations < 0 or min_steps < 0:
@@ -228,8 +237,16 @@ class SelfTrainingStudy(StudyEventRegistry):
         self._val_loader: DataLoader | None = None
         self._test_loader: DataLoader | None = None
         self._unlabeled_ds: CacheDataset | None = None
-        for h in handlers:
-            h.attach(self)
+        if self.distributed.is_main:  # the other processes of a distributed study track nothing
+            for h in handlers:
+                h.attach(self)
+        elif handlers:
+            logger.info(f"process {self.distributed.rank}: the handlers run on rank 0")
+        if not self.distributed.is_distributed and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            logger.warning(
+                f"{os.environ['WORLD_SIZE']} processes were launched but the study has no distributed context: "
+                "each runs the whole study into the same folder (add configs/multi_gpu_train.json)"
+            )
         if num_generations > 0 and not self.method.has_generations:
             logger.info(f"method '{self.method.name}' has no later generations: only generation 0 runs")
 
@@ -391,32 +408,64 @@ class SelfTrainingStudy(StudyEventRegistry):
     def pseudo_label(
         self, generation: int, teachers: Sequence[StudentResult]
     ) -> tuple[PseudoLabelResult, bool]:
-        """Pseudo-label the unlabeled set with the teachers, or reuse a finished set from an earlier run."""
+        """Pseudo-label the unlabeled set with the teachers, or reuse a finished set from an earlier run.
+
+        In a distributed study every process labels its shard of the unlabeled set (whole batches) into
+        its own folder, rank 0 merges them into the final set, and the others then load it.
+        """
         out = self.layout.pseudo_label_dir(generation)
-        finished = PseudoLabelResult.load(out)
+        finished = self._finished_pseudo_labels(generation)
         if finished is not None:
-            old_figure = self.layout.figure_file(generation)  # where versions <= 0.3 drew it
-            if finished.figure_path is None and old_figure.is_file():
-                finished.figure_path = str(old_figure)
-            unlabeled = self.datalist["unlabeled"]
-            for item in finished.items:  # the originals where the dataset is now (it may have moved)
-                if isinstance(item.get("source"), int) and 0 <= item["source"] < len(unlabeled):
-                    item["image"] = str(unlabeled[item["source"]]["image"])
             return finished, True
         context = self.generation_context(generation, teachers)
         extra = self.method.prepare_generation(context)
         unlabeled = self.datalist["unlabeled"]
         has_labels = all("label" in it for it in unlabeled)
         transform = self.eval_transforms if has_labels else self.infer_transforms
-        result = self.pseudo_labeler(
-            context.teachers,
-            unlabeled,
-            transform,
-            out,
-            description=f"gen {generation} pseudo-labels",
-            extra_stats=extra,
+        description = f"gen {generation} pseudo-labels"
+        dist = self.distributed
+        if not dist.is_distributed:
+            result = self.pseudo_labeler(
+                context.teachers, unlabeled, transform, out, description=description, extra_stats=extra
+            )
+            return result, False
+        labeler = self.pseudo_labeler
+        shard = dist.shard(len(unlabeled), labeler.batch_size)
+        logger.info(f"process {dist.rank}: pseudo-labels unlabeled images {shard[0]}:{shard[1]}")
+        labeler.label_shard(
+            context.teachers, unlabeled, transform, labeler.shard_folder(out, dist.rank), shard, description
         )
+        dist.barrier()  # every shard is written
+        if dist.is_main:
+            shards = [labeler.shard_folder(out, r) for r in range(dist.world_size)]
+            labeler.merge_shards(shards, out, extra_stats=extra)
+        dist.barrier()  # the set is complete
+        result = self._finished_pseudo_labels(generation)
+        if result is None:
+            raise self._not_shared(out / "datalist.json")
         return result, False
+
+    def _not_shared(self, path: Path) -> RuntimeError:
+        """The error of a process that does not see a file another process of the study wrote."""
+        return RuntimeError(
+            f"process {self.distributed.rank}: {path} is missing after another process wrote it: output_dir "
+            "must be on a filesystem all processes share"
+        )
+
+    def _finished_pseudo_labels(self, generation: int) -> PseudoLabelResult | None:
+        """The finished pseudo-label set of ``generation`` in the folder, with the originals where the
+        dataset is now (it may have moved); None when there is none."""
+        finished = PseudoLabelResult.load(self.layout.pseudo_label_dir(generation))
+        if finished is None:
+            return None
+        old_figure = self.layout.figure_file(generation)  # where versions <= 0.3 drew it
+        if finished.figure_path is None and old_figure.is_file():
+            finished.figure_path = str(old_figure)
+        unlabeled = self.datalist["unlabeled"]
+        for item in finished.items:
+            if isinstance(item.get("source"), int) and 0 <= item["source"] < len(unlabeled):
+                item["image"] = str(unlabeled[item["source"]]["image"])
+        return finished
 
     def _training_set(self, generation: int, items: Sequence[Mapping[str, Any]]) -> CacheDataset:
         transform = self.train_transforms
@@ -431,7 +480,12 @@ class SelfTrainingStudy(StudyEventRegistry):
         items: Sequence[Mapping[str, Any]],
         teachers: Sequence[StudentResult] = (),
     ) -> list[StudentResult]:
-        """Train (or reload) the K students of a generation; ``concurrent_students`` of them at a time."""
+        """Train (or reload) the K students of a generation; ``concurrent_students`` of them at a time.
+
+        In a distributed study each process trains the students it owns (``k % world_size``), then
+        reads the others' ``result.json`` once every process has finished.
+        """
+        dist = self.distributed
         results: dict[int, StudentResult] = {}
         todo: list[int] = []
         for k in range(self.num_students):
@@ -441,13 +495,28 @@ class SelfTrainingStudy(StudyEventRegistry):
                 continue
             self.fire_event(StudyEvents.STUDENT_FINISHED, result=result, resumed=True)
             results[k] = result
-        if todo:
+        dist.barrier()  # every process has seen which students were finished before
+        own = [k for k in todo if dist.owns(k)]
+        if dist.is_distributed:
+            logger.info(f"process {dist.rank}: trains students {own} of generation {generation}")
+        if own:
             train_ds = self._training_set(generation, items)
             start = self.method.initial_weights(generation, teachers)
-            jobs = [self._student_job(generation, k, train_ds, start) for k in todo]
-            for k, result in zip(todo, run_concurrently(jobs, self.concurrent_students, self.device)):
+            jobs = [self._student_job(generation, k, train_ds, start) for k in own]
+            for k, result in zip(own, run_concurrently(jobs, self.concurrent_students, self.device)):
                 results[k] = result
         set_determinism(seed=None)
+        if dist.is_distributed:
+            dist.barrier()  # every student of the generation is written
+            for k in todo:
+                if k in results:
+                    continue
+                result = self.layout.read_student(generation, k)
+                if result is None:
+                    raise self._not_shared(self.student_dir(generation, k) / "result.json")
+                if dist.is_main:  # the handlers see it as if it had trained here
+                    replay_student(self, result)
+                results[k] = result
         return [results[k] for k in range(self.num_students)]
 
     def _student_job(
@@ -530,19 +599,29 @@ class SelfTrainingStudy(StudyEventRegistry):
         """Run (or continue) the whole study; returns one summary per generation (absolute paths).
 
         A folder holding another study stops the run before any work with a one-line message
-        (``SystemExit``; its ``__cause__`` is the :class:`StudyMismatchError`).
+        (``SystemExit``; its ``__cause__`` is the :class:`StudyMismatchError`), in every process of a
+        distributed study: rank 0 prepares the folder, the others wait for it.
         """
-        try:
-            self.prepare_output_dir()
-        except StudyMismatchError as e:
-            raise SystemExit(f"error: {e}") from e
+        dist = self.distributed
+        error: StudyMismatchError | None = None
+        if dist.is_main:
+            try:
+                self.prepare_output_dir()
+            except StudyMismatchError as e:
+                error = e
+        message = dist.broadcast_object(str(error) if error is not None else None)
+        if message is not None:
+            raise SystemExit(f"error: {message}") from error
         settings = ", ".join(f"{k}={v}" for k, v in self.run_settings.describe(self.device).items())
         logger.info(f"run settings on {self.device}: {settings}")
         self.fire_event(StudyEvents.STUDY_STARTED)
         summaries: list[dict[str, Any]] = []
         history: list[list[StudentResult]] = []  # the students of every generation so far
         for g in range(self.num_generations + 1):
-            summary = self.layout.read_summary(g)
+            finished = dist.broadcast_object(self.layout.summary_file(g).is_file())  # rank 0 decides
+            summary = self.layout.read_summary(g) if finished else None
+            if finished and summary is None:
+                raise self._not_shared(self.layout.summary_file(g))
             if summary is not None:
                 history.append([StudentResult.from_dict(d) for d in summary["students"]])
                 self.fire_event(StudyEvents.GENERATION_FINISHED, summary=summary, resumed=True)
@@ -553,13 +632,15 @@ class SelfTrainingStudy(StudyEventRegistry):
             summaries.append(summary)
             history.append([StudentResult.from_dict(d) for d in summary["students"]])
         final = self.layout.model_file
-        atomic_write_bytes(final, Path(summaries[-1]["checkpoint"]).read_bytes())
-        self.layout.write_results(self.describe(), summaries)
-        self.fire_event(StudyEvents.STUDY_FINISHED, summaries=summaries)
-        logger.info(
-            f"study finished: results in {self.output_dir.resolve()} (results.json, generation_*/summary.json); "
-            f"best model of the last generation: {final}"
-        )
+        if dist.is_main:
+            atomic_write_bytes(final, Path(summaries[-1]["checkpoint"]).read_bytes())
+            self.layout.write_results(self.describe(), summaries)
+            self.fire_event(StudyEvents.STUDY_FINISHED, summaries=summaries)
+            logger.info(
+                f"study finished: results in {self.output_dir.resolve()} (results.json, generation_*/summary.json); "
+                f"best model of the last generation: {final}"
+            )
+        dist.barrier()  # the other processes end with the study's files written
         return summaries
 
     def _run_generation(self, g: int, history: Sequence[Sequence[StudentResult]]) -> dict[str, Any]:
@@ -578,6 +659,12 @@ class SelfTrainingStudy(StudyEventRegistry):
             )
         items = self.method.training_items(self.datalist, pseudo_items, g)
         students = self.train_generation(g, items, teachers)
+        if not self.distributed.is_main:  # rank 0 tests the best student and writes the summary
+            self.distributed.barrier()
+            summary = self.layout.read_summary(g)
+            if summary is None:
+                raise self._not_shared(self.layout.summary_file(g))
+            return summary
         ranked = self.rank(students)
         best = ranked[0]
         test = self.evaluate(best, self.test_loader) if self.test_loader is not None else {}
@@ -598,6 +685,7 @@ class SelfTrainingStudy(StudyEventRegistry):
         if self.teacher_pool != "last":
             summary["teacher_generations"] = [t.generation for t in teachers]
         self.layout.write_summary(summary)
+        self.distributed.barrier()  # the other processes read it
         logger.info(self.summary_line(summary))
         return summary
 
