@@ -181,8 +181,13 @@ def test_evaluation_writes_per_organ_metrics_of_a_checkpoint(finished_study, tmp
     data, out = finished_study
     run(
         [TRAIN, str(CONFIGS / "evaluate.json")],
-        {"dataset_dir": str(data), "output_dir": str(tmp_path), "checkpoint": str(out / "model.pt"),
-         "patch_size": [32, 32, 32], "progress": False},
+        {
+            "dataset_dir": str(data),
+            "output_dir": str(tmp_path),
+            "checkpoint": str(out / "model.pt"),
+            "patch_size": [32, 32, 32],
+            "progress": False,
+        },
     )
     summary = (tmp_path / "eval_test" / "test_dice_summary.csv").read_text()
     assert "mean" in summary
