@@ -66,6 +66,9 @@ class SelfTrainingStudy(StudyEventRegistry):
         train_transforms: dictionary transforms for labeled and pseudo-labeled items (keys image, label, im).
         eval_transforms: dictionary transforms for validation and test items (keys image, label).
         infer_transforms: dictionary transforms for unlabeled items (key image; label when present).
+        unlabeled_transforms: the transforms of the unlabeled batches of the methods with their own
+            training step (FixMatch, Mean Teacher, CPS, Consistency Loss); None = ``infer_transforms``.
+            Volumes of different sizes need random patches here (e.g. :func:`volume_patch_transforms`).
         key_metric: ``{name: metric handler}``; the validation key metric (logged as ``val_<name>``) that
             ranks students and picks checkpoints; the test metrics are ``test_<name>``.
         additional_metrics: further ``{name: metric handler}`` computed on validation and test.
@@ -158,6 +161,7 @@ class SelfTrainingStudy(StudyEventRegistry):
         concurrent_students: int = 1,
         strategy: Method | None = None,
         distributed: DistributedContext | None = None,
+        unlabeled_transforms: Callable | None = None,
     ) -> None:
         super().__init__()
         self.distributed = distributed if distributed is not None else DistributedContext()
@@ -193,6 +197,9 @@ class SelfTrainingStudy(StudyEventRegistry):
         self.train_transforms = train_transforms
         self.eval_transforms = eval_transforms
         self.infer_transforms = infer_transforms
+        self.unlabeled_transforms = (
+            unlabeled_transforms if unlabeled_transforms is not None else infer_transforms
+        )
         self.key_metric = dict(key_metric)
         self.key_metric_name = next(iter(self.key_metric))
         self.additional_metrics = dict(additional_metrics or {})
@@ -358,7 +365,7 @@ class SelfTrainingStudy(StudyEventRegistry):
             items = [{"image": it["image"]} for it in self.datalist.get("unlabeled", [])]
             if not items:
                 raise ValueError("the datalist has no 'unlabeled' images")
-            self._unlabeled_ds = self._dataset(items, self.infer_transforms)
+            self._unlabeled_ds = self._dataset(items, self.unlabeled_transforms)
         return DataLoader(
             self._unlabeled_ds,
             batch_size=self.batch_size,

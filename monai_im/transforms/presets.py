@@ -291,10 +291,12 @@ def volume_patch_transforms(
     num_classes: int = 14,
     num_samples: int = 2,
     ratios: Sequence[float] | None = None,
+    by_label: bool = True,
 ) -> Compose:
     """Training on patches: ``preprocessing`` (cached), then ``num_samples`` random patches per volume
     centred on each class in turn (``RandCropByLabelClassesd``; ``ratios`` per class, None = equal), so
-    that small organs are seen as often as the liver.
+    that small organs are seen as often as the liver; without labels (``by_label=False``, the unlabeled
+    volumes of FixMatch, Mean Teacher, CPS) uniformly placed patches of the image.
 
     Args:
         preprocessing: the deterministic chain (e.g. :func:`volume_segmentation_transforms`).
@@ -302,9 +304,20 @@ def volume_patch_transforms(
         num_classes: classes of the label map, background included.
         num_samples: patches drawn from a volume each time it is loaded.
         ratios: sampling weight per class.
+        by_label: crop around the classes of ``label``; False: uniform patches of ``image`` alone.
     """
-    from monai.transforms import SpatialPadd
+    from monai.transforms import RandSpatialCropSamplesd, SpatialPadd
 
+    if not by_label:
+        return Compose(
+            [
+                preprocessing,
+                SpatialPadd(keys="image", spatial_size=tuple(patch_size)),
+                RandSpatialCropSamplesd(
+                    keys="image", roi_size=tuple(patch_size), num_samples=int(num_samples), random_size=False
+                ),
+            ]
+        ).flatten()
     return Compose(
         [
             preprocessing,

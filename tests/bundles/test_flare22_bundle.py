@@ -101,15 +101,17 @@ def test_inference_writes_masks_on_the_grid_of_each_input_volume(finished_study,
         assert set(np.unique(np.asarray(mask.dataobj))) <= set(range(14))
 
 
-def _own_volumes(root: Path, n: int) -> None:
-    """``n`` tiny CT volumes (LPS affine, 1.5 mm) with 3 box organs each, in a datalist."""
+def _own_volumes(root: Path, n: int, sizes: bool = False) -> None:
+    """``n`` tiny CT volumes (LPS affine, 1.5 mm) with 3 box organs each, in a datalist; with ``sizes``
+    the volumes differ in their number of slices, as real scans do."""
     rng = np.random.default_rng(0)
     affine = np.diag([-1.5, -1.5, 2.0, 1.0])
     (root / "ct").mkdir(parents=True)
     entries = []
     for i in range(n):
-        hu = rng.normal(40, 10, size=(24, 24, 16)).astype(np.int16)
-        label = np.zeros((24, 24, 16), np.uint8)
+        shape = (24, 24, 16 + (2 * i if sizes else 0))
+        hu = rng.normal(40, 10, size=shape).astype(np.int16)
+        label = np.zeros(shape, np.uint8)
         for c in (1, 2, 3):
             x = 2 + 7 * (c - 1) + int(rng.integers(0, 2))
             label[x : x + 6, 6:18, 3:13] = c
@@ -201,3 +203,26 @@ def test_suggestions_rank_the_unlabeled_volumes_of_a_finished_study(finished_stu
     rows = (out / "suggestions" / "suggestions.csv").read_text().strip().splitlines()
     unlabeled = json.loads((data / "datalist.json").read_text())["unlabeled"]
     assert len(rows) == 1 + len(unlabeled) and (out / "suggestions" / "top_k.png").is_file()
+
+
+@pytest.mark.parametrize("method", ["fixmatch_im", "cps_im"])
+def test_continuous_methods_train_on_patches_of_unlabeled_volumes_of_different_sizes(method, tmp_path):
+    _own_volumes(tmp_path / "mine", 7, sizes=True)
+    out = tmp_path / "run"
+    run(
+        [TRAIN],
+        {
+            "dataset_dir": str(tmp_path / "mine"),
+            "output_dir": str(out),
+            "num_classes": 4,
+            "method": method,
+            "pixdim": [3.0, 3.0, 2.0],
+            "patch_size": [16, 16, 16],
+            "epochs": 1,
+            "num_students": 1,
+            "num_teachers": 1,
+            "progress": False,
+        },
+    )
+    history = json.loads((out / "generation_0" / "student_0" / "result.json").read_text())["history"]
+    assert "unsupervised_loss" in history[-1] and 0 <= history[-1]["used_fraction"] <= 1
