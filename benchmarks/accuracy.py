@@ -164,13 +164,19 @@ def bundle_command(args: argparse.Namespace, label: str, seed: int) -> list[str]
     return cmd
 
 
-def finished(out: Path, generations: int) -> bool:
+def finished(out: Path, generations: int, expect: dict | None = None) -> bool:
     """Whether the study in ``out`` has run to the end; a study asked for more generations than it
-    has is not (the bundle resumes it and adds the missing ones)."""
+    has is not (the bundle resumes it and adds the missing ones). A finished study whose settings
+    differ from ``expect`` (keys of its ``results.json`` ``study``) stops the run: it is never mixed
+    into a table of other settings."""
     f = out / "results.json"
     if not f.is_file():
         return False
     results = json.loads(f.read_text())
+    held = results.get("study", {})
+    differ = [f"{k}={held[k]} (asked: {v})" for k, v in (expect or {}).items() if k in held and held[k] != v]
+    if differ:
+        raise SystemExit(f"error: {out} holds a finished study of other settings: {', '.join(differ)}")
     if results.get("study", {}).get("generations") == 0:
         return True  # a method without pseudo-labels: one generation only
     return len(results.get("generations", [])) >= generations + 1
@@ -178,7 +184,13 @@ def finished(out: Path, generations: int) -> bool:
 
 def run_one(args: argparse.Namespace, label: str, seed: int) -> float:
     out = run_dir(args.out, label, seed)
-    if finished(out, args.generations):
+    expect = {
+        "students": args.students,
+        "epochs": args.epochs,
+        "min_steps": args.min_steps,
+        "batch_size": args.batch_size,
+    }
+    if finished(out, args.generations, expect):
         return 0.0
     out.mkdir(parents=True, exist_ok=True)
     if label in GENERATION_0_FROM:

@@ -306,6 +306,12 @@ def main(argv: list[str] | None = None) -> int:
             generations=args.generations,
             score=args.score,
             views=args.views,
+            expect={
+                "students": args.students,
+                "epochs": args.epochs,
+                "min_steps": args.min_steps,
+                "batch_size": args.batch_size,
+            },
         )
     # the wall clock of the last invocation that trained studies (a rerun that skips them all is shorter)
     timing = args.out / "timing.json"

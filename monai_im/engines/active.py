@@ -226,6 +226,7 @@ def select(
         seed: the seed of ``random``.
         score: the disagreement score of ``im``.
         views: the flip views of ``tta_variance``.
+        expect: the study parameters every finished study must have (see :func:`finished_study`).
 
     Returns:
         ``(indices into study.datalist["unlabeled"], best first; the scores of every image or None)``.
@@ -241,14 +242,34 @@ def select(
 
 
 # ---------------------------------------------------------------------- the rounds
-def finished_study(output_dir: str | Path, generations: int = 0) -> bool:
+def finished_study(
+    output_dir: str | Path, generations: int = 0, expect: Mapping[str, Any] | None = None
+) -> bool:
     """Whether ``output_dir`` holds a study that ran to the end with at least ``generations`` + 1
-    generations (a method without pseudo-labels counts with its single one)."""
+    generations (a method without pseudo-labels counts with its single one).
+
+    Args:
+        output_dir: the study folder.
+        generations: the generations the study must have after generation 0.
+        expect: study parameters (keys of ``results.json``'s ``study``, e.g. ``students``, ``epochs``)
+            a finished study must have; a finished study made with other values is an error, so that
+            a rerun never mixes studies of different settings.
+
+    Raises:
+        ActiveLearningError: a finished study of other settings.
+    """
     f = Path(output_dir) / "results.json"
     if not f.is_file():
         return False
     results = load_json(f)
-    if results.get("study", {}).get("generations") == 0:
+    held = results.get("study", {})
+    differ = {k: (held.get(k), v) for k, v in (expect or {}).items() if k in held and held[k] != v}
+    if differ:
+        detail = ", ".join(f"{k}={old} (asked: {new})" for k, (old, new) in differ.items())
+        raise ActiveLearningError(
+            f"{output_dir} holds a finished study of other settings: {detail}; use another folder or delete it"
+        )
+    if held.get("generations") == 0:
         return True
     return len(results.get("generations", [])) >= generations + 1
 
@@ -291,6 +312,7 @@ def simulate(
     generations: int = 0,
     score: str = "im_fraction",
     views: int = 4,
+    expect: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Simulated annotation rounds: train -> rank -> reveal the top ``budget`` -> retrain, per strategy.
 
@@ -309,6 +331,7 @@ def simulate(
             to tell finished studies.
         score: the disagreement score of ``im``.
         views: the flip views of ``tta_variance``.
+        expect: the study parameters every finished study must have (see :func:`finished_study`).
 
     Returns:
         ``{"metric", "budget", "rounds", "strategies": {name: [{"round", "annotated", "labeled",
@@ -337,9 +360,9 @@ def simulate(
         raise ActiveLearningError(f"out_dir {out} is the source dataset folder; give a folder of its own")
 
     def run_round(data_dir: Path, study_dir: Path, r: int) -> dict[str, Any]:
-        if not finished_study(study_dir, generations):
+        if not finished_study(study_dir, generations, expect):
             train(data_dir, study_dir)
-        if not finished_study(study_dir, generations):
+        if not finished_study(study_dir, generations, expect):
             raise ActiveLearningError(f"{study_dir}: the study of round {r} did not finish")
         labeled = len(load_json(data_dir / "datalist.json").get("labeled", []))
         return {

@@ -177,3 +177,16 @@ def test_simulate_refuses_a_pool_without_hidden_labels_before_any_work(tmp_path)
     with pytest.raises(ActiveLearningError, match="strategies"):
         simulate(data, tmp_path / "out", never, never, strategies=["uncertainty"])
     assert not (tmp_path / "out").exists()
+
+
+def test_a_finished_study_of_other_settings_is_refused_not_reused(tmp_path):
+    import json
+
+    from monai_im.engines.active import ActiveLearningError, finished_study
+
+    (tmp_path / "results.json").write_text(
+        json.dumps({"study": {"generations": 0, "students": 2, "epochs": 10}, "generations": [{}]})
+    )
+    assert finished_study(tmp_path, 0, {"students": 2, "epochs": 10})
+    with pytest.raises(ActiveLearningError, match="students=2 \\(asked: 3\\), epochs=10 \\(asked: 20\\)"):
+        finished_study(tmp_path, 0, {"students": 3, "epochs": 20})
