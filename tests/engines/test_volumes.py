@@ -141,3 +141,18 @@ def test_the_2d_chain_reads_2d_nifti_images_and_masks(tmp_path):
     np.testing.assert_array_equal(out["label"][0].numpy(), mask)
     facts = read_facts(tmp_path / "i.nii.gz")
     assert facts.error is None and facts.shape == [1, 20, 24] and facts.value_range == [0.0, 255.0]
+
+
+def test_patches_of_a_volume_whose_label_is_all_ignored_are_uniform(tmp_path):
+    from monai_im.transforms.presets import ClassBalancedPatchesd
+
+    crop = ClassBalancedPatchesd(["image", "label"], "label", (4, 4, 4), num_classes=3, num_samples=2)
+    crop.set_random_state(0)
+    image = torch.rand(1, 8, 8, 8)
+    ignored = {"image": image, "label": torch.full((1, 8, 8, 8), -1.0)}
+    patches = crop(ignored)
+    assert len(patches) == 2 and all(p["image"].shape == (1, 4, 4, 4) for p in patches)
+    label = torch.zeros(1, 8, 8, 8)
+    label[0, 6:, 6:, 6:] = 2  # a small organ in a corner: patches centred on it are drawn too
+    centred = [crop({"image": image, "label": label}) for _ in range(6)]
+    assert any(bool((p["label"] == 2).any()) for ps in centred for p in ps)
