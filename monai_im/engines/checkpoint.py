@@ -15,6 +15,7 @@ Everything is stored as tensors, numbers, strings and containers, and read with
 
 from __future__ import annotations
 
+import io
 import os
 import random
 from collections.abc import Iterable, Mapping
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import DistributedSampler
 
-from monai_im.io import _temporary_sibling
+from monai_im.io import atomic_write_bytes
 
 __all__ = [
     "EpochShuffleSampler",
@@ -59,12 +60,10 @@ class EpochShuffleSampler(DistributedSampler):
 
 
 def save_checkpoint(state: Mapping[str, Any], path: str | os.PathLike) -> Path:
-    """``torch.save`` to a temporary sibling, then rename over ``path``."""
-    path = Path(path)
-    with _temporary_sibling(path) as tmp:
-        torch.save(dict(state), tmp)
-        os.replace(tmp, path)
-    return path
+    """``torch.save`` written atomically (:func:`monai_im.io.atomic_write_bytes`)."""
+    buffer = io.BytesIO()
+    torch.save(dict(state), buffer)
+    return atomic_write_bytes(path, buffer.getvalue())
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -75,8 +74,9 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return dict(state)
 
 
-def _numpy_state() -> dict[str, Any]:
-    name, keys, pos, has_gauss, cached = np.random.get_state()
+def _state_dict(state: tuple) -> dict[str, Any]:
+    """A numpy ``RandomState`` state tuple as tensors and numbers (loadable with ``weights_only``)."""
+    name, keys, pos, has_gauss, cached = state
     return {
         "name": name,
         "keys": torch.from_numpy(keys.astype(np.int64)),
@@ -86,15 +86,14 @@ def _numpy_state() -> dict[str, Any]:
     }
 
 
-def _set_numpy_state(state: Mapping[str, Any]) -> None:
-    np.random.set_state(
-        (
-            state["name"],
-            state["keys"].numpy().astype(np.uint32),
-            state["pos"],
-            state["has_gauss"],
-            state["cached"],
-        )
+def _state_tuple(state: Mapping[str, Any]) -> tuple:
+    """The inverse of :func:`_state_dict`."""
+    return (
+        state["name"],
+        state["keys"].numpy().astype(np.uint32),
+        state["pos"],
+        state["has_gauss"],
+        state["cached"],
     )
 
 
@@ -103,7 +102,7 @@ def rng_state() -> dict[str, Any]:
     version, internal, gauss = random.getstate()
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": _numpy_state(),
+        "numpy": _state_dict(np.random.get_state()),
         "python": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64), "gauss": gauss},
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -114,7 +113,7 @@ def rng_state() -> dict[str, Any]:
 def set_rng_state(state: Mapping[str, Any]) -> None:
     """Restore what :func:`rng_state` returned."""
     torch.set_rng_state(state["torch"])
-    _set_numpy_state(state["numpy"])
+    np.random.set_state(_state_tuple(state["numpy"]))
     py = state["python"]
     random.setstate((py["version"], tuple(int(v) for v in py["internal"].tolist()), py["gauss"]))
     if "cuda" in state and torch.cuda.is_available():
@@ -133,19 +132,7 @@ def random_transforms(dataset: Any) -> list[Any]:
 
 def transform_states(dataset: Any) -> list[dict[str, Any]]:
     """The random states of :func:`random_transforms` (what a loader without workers draws from)."""
-    out = []
-    for t in random_transforms(dataset):
-        name, keys, pos, has_gauss, cached = t.R.get_state()
-        out.append(
-            {
-                "keys": torch.from_numpy(keys.astype(np.int64)),
-                "pos": int(pos),
-                "has_gauss": int(has_gauss),
-                "cached": float(cached),
-                "name": name,
-            }
-        )
-    return out
+    return [_state_dict(t.R.get_state()) for t in random_transforms(dataset)]
 
 
 def set_transform_states(dataset: Any, states: list[Mapping[str, Any]]) -> None:
@@ -157,4 +144,4 @@ def set_transform_states(dataset: Any, states: list[Mapping[str, Any]]) -> None:
             f"{len(transforms)} random transforms: the transforms changed since it was written."
         )
     for t, s in zip(transforms, states):
-        t.R.set_state((s["name"], s["keys"].numpy().astype(np.uint32), s["pos"], s["has_gauss"], s["cached"]))
+        t.R.set_state(_state_tuple(s))
