@@ -1,4 +1,4 @@
-"""Training several students of a generation at the same time.
+"""Training several students of a generation at the same time, and reading ahead of a loop.
 
 Small networks leave most of a GPU idle; running the K students of a generation in threads, each
 with its own CUDA stream, overlaps their kernels. Each student keeps everything that is random to
@@ -11,15 +11,44 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import torch
 
-__all__ = ["run_concurrently", "student_dataset"]
+__all__ = ["prefetch", "run_concurrently", "student_dataset"]
 
 T = TypeVar("T")
+
+_END = object()
+
+
+def prefetch(iterable: Iterable[T], depth: int = 2) -> Iterator[T]:
+    """Iterate over ``iterable`` with up to ``depth`` items produced ahead by a background thread.
+
+    A loader's reading and preprocessing (image decoding, resampling: mostly code that releases the
+    GIL) then overlaps the work done on the previous batch, here the teachers' forward passes. Unlike
+    MONAI's ``ThreadBuffer``, an exception raised while producing an item is raised here, at that
+    item, instead of ending the iteration early: a file that cannot be read never shortens a set
+    silently. Items come in the order of ``iterable``.
+    """
+    if depth < 1:
+        raise ValueError(f"depth must be >= 1, got {depth}")
+    it = iter(iterable)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch") as pool:
+        # one worker thread: the source is advanced by one thread at a time, in order
+        ahead = [pool.submit(next, it, _END) for _ in range(depth)]
+        try:
+            while True:
+                item = ahead.pop(0).result()  # re-raises the producer's exception
+                if item is _END:
+                    return
+                ahead.append(pool.submit(next, it, _END))
+                yield item
+        finally:
+            for fut in ahead:
+                fut.cancel()
 
 
 def student_dataset(dataset: Any) -> Any:

@@ -24,6 +24,7 @@ from monai.utils import convert_to_tensor
 
 from monai_im.data.datalist import write_datalist
 from monai_im.engines.acceleration import RunSettings, resolve_run_settings
+from monai_im.engines.concurrency import prefetch
 from monai_im.engines.methods import Method
 from monai_im.io import atomic_directory, atomic_write_json, load_json
 from monai_im.progress import progress_bar
@@ -391,7 +392,12 @@ class PseudoLabeler:
             for sub in self._subfolders():
                 (tmp / sub).mkdir()
             pending: list[Future] = []
-            bar = progress_bar(loader, desc=description, unit="batch", disable=not self.progress, leave=False)
+            # without worker processes, a thread reads and preprocesses the next batches while the teachers
+            # run on this one (the reading was ~5% of the forward passes at 256 x 256, see docs/benchmarks.md)
+            batches = prefetch(loader) if self.num_workers == 0 else loader
+            bar = progress_bar(
+                batches, desc=description, unit="batch", total=len(loader), disable=not self.progress, leave=False
+            )
             files = PseudoLabelFormat(self.strategy.mode, self.label_scale, self.compress_level)
             kept, seen = 0, 0
             for batch in bar:

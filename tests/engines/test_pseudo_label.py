@@ -161,6 +161,24 @@ def test_failure_leaves_previous_output_untouched(setup, tmp_path, monkeypatch):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".pl")], "no partial folder left behind"
 
 
+def test_unreadable_image_stops_labelling_with_nothing_written(setup, tmp_path):
+    """The next batches are read by a thread ahead of the teachers: a file that cannot be read must
+    still stop the run (not end it early with a shorter set)."""
+    items, transform, teachers = setup
+    (Path(items[3]["image"])).write_bytes(b"not a png")
+    out = tmp_path / "pl"
+    labeler = PseudoLabeler(InconsistencyMaskStrategy(), batch_size=2, progress=False)
+    with pytest.raises(RuntimeError) as err:
+        labeler(teachers, items, transform, out)
+    chain, e = [], err.value
+    while e is not None:
+        chain.append(str(e))
+        e = e.__cause__ or e.__context__
+    assert any("img3.png" in m for m in chain), chain
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".pl")], "no partial folder left behind"
+
+
 def test_refuses_strategy_without_pseudo_labels(setup, tmp_path):
     from monai_im.engines import LabeledOnlyStrategy
 
