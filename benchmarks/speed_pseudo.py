@@ -42,6 +42,8 @@ from monai_im.transforms import image_segmentation_transforms, mask_image
 __all__ = ["FromMemory", "make_teachers", "run_pseudo_benchmark", "pseudo_tables"]
 
 BATCH = 32
+#: the pseudo-labeller's whole runs may take this much longer than the bare forward passes
+TARGET_OVERHEAD_PCT = 5.0
 
 
 class FromMemory:
@@ -302,8 +304,8 @@ def run_pseudo_benchmark(
         "timings": stats,
         "overhead_pct": overhead,
         "in_run_split": in_run,
-        "target_overhead_pct": 10.0,
-        "target_met": total < 10.0,
+        "target_overhead_pct": TARGET_OVERHEAD_PCT,
+        "target_met": total < TARGET_OVERHEAD_PCT,
         "components_per_batch": components,
         "profile": profile_text,
     }
@@ -412,6 +414,6 @@ def pseudo_tables(result: dict[str, Any]) -> str:
         f"{n} unlabeled images {result['image_size']}x{result['image_size']}, batch {result['batch_size']}, "
         f"3 teachers IMUNet(alpha=0.5), {result['repeats']} interleaved rounds; the paper's acceptance rule kept "
         f"{st.get('images_kept', '?')}/{n}, mean IM fraction {100 * st.get('im_fraction', float('nan')):.1f}%; "
-        f"target wall-clock overhead < 10%: {'met' if result['target_met'] else 'MISSED'}"
+        f"target wall-clock overhead < {result['target_overhead_pct']:g}%: {'met' if result['target_met'] else 'MISSED'}"
     )
     return "\n\n".join([facts, main, over, split, comp, estimate])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from monai_im.engines.acceleration import PRECISIONS, RunSettings, cpu_supports_bf16
+from monai_im.engines.acceleration import PRECISIONS, RunSettings, cpu_supports_bf16, reuse_freed_cpu_memory
 from monai_im.engines.concurrency import run_concurrently, student_dataset
 from monai_im.engines.distributed import DistributedContext, replay_student
 from monai_im.engines.events import StudyEventRegistry, StudyEvents
@@ -37,6 +37,7 @@ __all__ = [
     "replay_student",
     "PRECISIONS",
     "RunSettings",
+    "reuse_freed_cpu_memory",
     "cpu_supports_bf16",
     "AdaptiveInferer",
     "ensemble_predict",

@@ -118,6 +118,17 @@ class _Labelled:
     figure_path: Path | None = None
 
 
+@dataclass
+class _PostState:
+    """What the post-processing of one batch hands to the next: files still being written, the figure."""
+
+    draw_figure: bool
+    pending: list[Future] = field(default_factory=list)
+    drawn: Future | None = None
+    kept: int = 0
+    seen: int = 0
+
+
 def _affines(images: Any) -> np.ndarray | None:
     """The ``(B, 4, 4)`` affines of a batch of MONAI MetaTensors, or None (2D chains drop the metadata)."""
     affine = getattr(images, "meta", {}).get("affine") if hasattr(images, "meta") else None
@@ -387,63 +398,96 @@ class PseudoLabeler:
         )
         teachers = [self.run_settings.prepare_network(t, self.device).eval() for t in teachers]
         part = _Labelled()
-        drawn: Future | None = None
-        with ThreadPoolExecutor(max_workers=2) as pool:
-            for sub in self._subfolders():
-                (tmp / sub).mkdir()
-            pending: list[Future] = []
-            # without worker processes, a thread reads and preprocesses the next batches while the teachers
-            # run on this one (the reading was ~5% of the forward passes at 256 x 256, see docs/benchmarks.md)
+        files = PseudoLabelFormat(self.strategy.mode, self.label_scale, self.compress_level)
+        for sub in self._subfolders():
+            (tmp / sub).mkdir()
+        # Three stages overlap: a thread reads and preprocesses the next batches (``prefetch``; without
+        # worker processes), this thread runs the teachers, and one more thread turns the previous
+        # batch's probabilities into pseudo-labels, IM, statistics and queued files (``_post``), so
+        # that on a CPU the teachers' forward passes are nearly all the main thread does. One batch at
+        # most waits for its post-processing: memory stays that of two batches.
+        with (
+            ThreadPoolExecutor(max_workers=2, thread_name_prefix="pseudo-label-write") as writers,
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="pseudo-label-post") as post,
+        ):
+            state = _PostState(draw_figure=draw_figure and self.num_figure_images > 0)
             batches = prefetch(loader) if self.num_workers == 0 else loader
             bar = progress_bar(
-                batches, desc=description, unit="batch", total=len(loader), disable=not self.progress, leave=False
+                batches,
+                desc=description,
+                unit="batch",
+                total=len(loader),
+                disable=not self.progress,
+                leave=False,
             )
-            files = PseudoLabelFormat(self.strategy.mode, self.label_scale, self.compress_level)
-            kept, seen = 0, 0
+            previous: Future | None = None
             for batch in bar:
                 affines = _affines(batch["image"])  # volumes: where each preprocessed volume lies
                 images = convert_to_tensor(batch["image"], track_meta=False).to(self.device)
                 # once for all teachers (each prepared teacher would convert the batch again)
                 images = self.run_settings.to_memory_format(images)
-                probs = self.strategy.activation(
-                    self.strategy.predict(teachers, images, self.inferer), channel_dim=2
-                )
-                result = self.strategy(probs, images)
-                im = result.im
-                masked = images if im is None else mask_image(images, im, self.fill_value)
-                n = images.shape[0]
-                im_frac = (
-                    im.flatten(1).float().mean(1) if im is not None else torch.zeros(n, device=images.device)
-                )
-                accepted = result.accepted
-                part.batches.append(
-                    (n, int(accepted.sum()), float(im_frac.sum()), float(im_frac[accepted].sum()))
-                )
-                if result.score is not None:
-                    part.scores.append(torch.stack([result.score.float(), accepted.float()]).cpu())
-                if "label" in batch and self.strategy.mode != "multiclass":
-                    truth = convert_to_tensor(batch["label"], track_meta=False).to(self.device) > 0
-                    iou = self._agreement(result.label > 0, truth, im)
-                    part.quality.extend(iou.tolist())
-                    part.quality_kept.extend(iou[accepted].tolist())
-                if part.figure is None and draw_figure and self.num_figure_images > 0:
-                    part.figure = self._figure(images, probs, result, masked)
-                    # drawn by a writer thread while the teachers go on (matplotlib's Agg canvas, no pyplot)
-                    drawn = pool.submit(part.figure.plot, tmp / PseudoLabelResult.FIGURE)
-                # bound memory: wait for the previous batch's files before queueing this one's
-                for f in pending:
-                    f.result()
-                sources = list(range(start, start + n))
-                pending = self._write(
-                    pool, files, tmp, uids, sources, items_in, masked, result, accepted, part.rows, affines
-                )
-                start += n
-                kept, seen = kept + part.batches[-1][1], seen + n
-                bar.set_postfix(kept=f"{kept}/{seen}", refresh=False)
-            for f in pending:
+                logits = self.strategy.predict(teachers, images, self.inferer)
+                truth = batch.get("label") if self.strategy.mode != "multiclass" else None
+                if previous is not None:
+                    previous.result()  # raises what went wrong in the previous batch
+                previous = post.submit(
+                    self._post, state, part, writers, files, tmp, uids, items_in, start,
+                    images, logits, truth, affines, bar,
+                )  # fmt: skip
+                start += images.shape[0]
+            if previous is not None:
+                previous.result()
+            for f in state.pending:
                 f.result()
-            part.figure_path = drawn.result() if drawn is not None else None
+            part.figure_path = state.drawn.result() if state.drawn is not None else None
         return part
+
+    @torch.no_grad()
+    def _post(
+        self,
+        state: _PostState,
+        part: _Labelled,
+        writers: ThreadPoolExecutor,
+        files: PseudoLabelFormat,
+        tmp: Path,
+        uids: Sequence[str],
+        items_in: Sequence[Mapping[str, Any]],
+        start: int,
+        images: torch.Tensor,
+        logits: torch.Tensor,
+        truth: Any,
+        affines: np.ndarray | None,
+        bar: Any,
+    ) -> None:
+        """One batch after the teachers: pseudo-labels, IM, statistics, the figure, and its files queued
+        (run by one thread, batch after batch, so that rows and statistics keep the order of the set)."""
+        probs = self.strategy.activation(logits, channel_dim=2)
+        result = self.strategy(probs, images)
+        im = result.im
+        n = images.shape[0]
+        im_frac = im.flatten(1).float().mean(1) if im is not None else torch.zeros(n, device=images.device)
+        accepted = result.accepted
+        part.batches.append((n, int(accepted.sum()), float(im_frac.sum()), float(im_frac[accepted].sum())))
+        if result.score is not None:
+            part.scores.append(torch.stack([result.score.float(), accepted.float()]).cpu())
+        if truth is not None:
+            truth = convert_to_tensor(truth, track_meta=False).to(self.device) > 0
+            iou = self._agreement(result.label > 0, truth, im)
+            part.quality.extend(iou.tolist())
+            part.quality_kept.extend(iou[accepted].tolist())
+        if part.figure is None and state.draw_figure:
+            part.figure = self._figure(images, probs, result)
+            # drawn by a writer thread while the teachers go on (matplotlib's Agg canvas, no pyplot)
+            state.drawn = writers.submit(part.figure.plot, tmp / PseudoLabelResult.FIGURE)
+        # bound memory: wait for the previous batch's files before queueing this one's
+        for f in state.pending:
+            f.result()
+        sources = list(range(start, start + n))
+        state.pending = self._write(
+            writers, files, tmp, uids, sources, items_in, images, result, part.rows, affines
+        )
+        state.kept, state.seen = state.kept + part.batches[-1][1], state.seen + n
+        bar.set_postfix(kept=f"{state.kept}/{state.seen}", refresh=False)
 
     def _finish(
         self, tmp: Path, part: _Labelled, extra_stats: Mapping[str, float] | None
@@ -510,8 +554,9 @@ class PseudoLabeler:
             stats["label_iou_kept"] = float(np.nanmean(quality_kept))
         return stats
 
-    def _figure(self, images, probs, result, masked) -> FigureSample:
+    def _figure(self, images, probs, result) -> FigureSample:
         k = min(self.num_figure_images, images.shape[0])
+        masked = images[:k] if result.im is None else mask_image(images[:k], result.im[:k], self.fill_value)
         if self.strategy.mode == "multiclass":
             classes = probs.shape[2]
             teacher = (
@@ -537,20 +582,25 @@ class PseudoLabeler:
         )
 
     def _write(
-        self, pool, files, root: Path, uids, sources, originals, masked, result, accepted, items, affines
+        self, pool, files, root: Path, uids, sources, originals, images, result, items, affines
     ) -> list[Future]:
         """Queue the files of the accepted images of one batch; add their datalist rows to ``items``.
 
         A row refers to the original image (``image``, and ``source``: its index in the unlabeled list)
         and to the written ``label`` and ``im`` (and ``masked_image`` with ``save_masked_images``).
         """
-        idx = torch.nonzero(accepted).flatten().tolist()
+        idx = torch.nonzero(result.accepted).flatten().tolist()
         if not idx:
             return []
         spatial_dims = result.label.ndim - 2
         labels = result.label[idx].float().cpu().numpy()
         ims = result.im[idx].float().cpu().numpy() if result.im is not None else None
-        imgs = masked[idx].float().cpu().numpy() if self.save_masked_images else None
+        imgs = None
+        if self.save_masked_images:  # the IM cut out of the accepted images only, only when asked for
+            imgs = (
+                images[idx] if result.im is None else mask_image(images[idx], result.im[idx], self.fill_value)
+            )
+            imgs = imgs.float().cpu().numpy()
         score = result.score[idx].float().cpu().tolist() if result.score is not None else None
         futures = []
         for j, i in enumerate(idx):

@@ -286,3 +286,62 @@ def test_study_runs_every_forward_pass_with_the_policy(make_study, tiny_data, tm
         expected = settings.dtype("cpu", training=rec["training"])
         assert rec["autocast"] == expected, rec
         assert rec["channels_last"] and rec["weights_channels_last"], rec
+
+
+_FAULTS_SCRIPT = """
+import resource, sys, torch
+import monai_im.engines.acceleration as acc
+if sys.argv[1] == "reuse":
+    assert acc.reuse_freed_cpu_memory()
+def faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+torch.ones(16 << 20)  # 64 MiB: above glibc's default mmap threshold
+start = faults()
+for _ in range(20):
+    x = torch.ones(16 << 20)  # allocated, touched, freed
+    del x
+print(faults() - start)
+"""
+
+
+def _glibc() -> bool:
+    import ctypes
+    import sys
+
+    return sys.platform.startswith("linux") and hasattr(ctypes.CDLL(None), "gnu_get_libc_version")
+
+
+@pytest.mark.skipif(not _glibc(), reason="the C allocator setting exists on Linux with glibc only")
+def test_reused_cpu_memory_is_not_faulted_in_again():
+    """A 64 MiB tensor allocated and freed twenty times: glibc maps each afresh by default (16,384 page
+    faults of 4 KiB pages); with the setting the freed block is reused and its pages stay mapped (at most
+    the first allocations fault)."""
+    import subprocess
+    import sys
+
+    def faults(mode: str) -> int:
+        out = subprocess.run(
+            [sys.executable, "-c", _FAULTS_SCRIPT, mode], capture_output=True, text=True, check=True
+        )
+        return int(out.stdout.split()[-1])
+
+    default, reused = faults("default"), faults("reuse")
+    import resource
+
+    pages = (64 << 20) // resource.getpagesize()
+    assert default > 16 * pages, default  # (nearly) every allocation faulted its pages in
+    assert reused < 2.5 * pages, (reused, default)
+
+
+def test_preparing_for_cpu_turns_memory_reuse_on_unless_asked_not_to(monkeypatch):
+    calls = []
+    monkeypatch.setattr(acc, "reuse_freed_cpu_memory", lambda: calls.append(1) or True)
+    RunSettings().prepare_network(IMUNet(2, 1, 1, alpha=0.25), "cpu")
+    assert calls == [1]
+    RunSettings(reuse_cpu_memory=False).prepare_network(IMUNet(2, 1, 1, alpha=0.25), "cpu")
+    RunSettings().prepare_network(IMUNet(2, 1, 1, alpha=0.25), "meta")
+    assert calls == [1], "neither when switched off nor for another device"
+    assert RunSettings().describe("cpu")["reuse_cpu_memory"] is True
+    assert RunSettings(reuse_cpu_memory=False).describe("cpu")["reuse_cpu_memory"] is False
+    with pytest.raises(ValueError, match="reuse_cpu_memory must be true or false"):
+        RunSettings(reuse_cpu_memory="yes")
