@@ -9,6 +9,10 @@
 5. Precision: the speed policy (``RunSettings``): eager fp32 vs channels_last, bf16 autocast,
    torch.compile and all together, for a training step and the teacher ensemble forward pass, at
    64x64 and 256x256; ends with one line ``speed-up at 256x256: training X.XXx, pseudo-labelling Y.YYx``.
+6. Memory of volumes: peak RSS of sliding-window pseudo-labelling of n and 10 n volumes.
+7. Allocator: the reuse of freed CPU memory on and off, for eager fp32 and the defaults, each
+   measurement in a fresh process (the setting is process-wide); ends with one line
+   ``speed-up at 256x256 with the bundle defaults: ...`` against eager fp32 with glibc's default allocator.
 
 Usage::
 
@@ -38,7 +42,7 @@ from speed_common import environment, header, isic_like_items, log
 
 from monai_im.io import atomic_write_bytes, atomic_write_json
 
-BENCHMARKS = ("im", "pseudo", "train", "memory", "precision", "memory3d")
+BENCHMARKS = ("im", "pseudo", "train", "memory", "precision", "memory3d", "allocator")
 TITLES = {
     "im": "1. IM creation throughput",
     "pseudo": "2. Pseudo-labelling throughput",
@@ -46,6 +50,7 @@ TITLES = {
     "memory": "4. Peak memory of pseudo-labelling, unlabeled set grown 10x",
     "precision": "5. Precision, memory format and compilation (RunSettings) vs eager fp32",
     "memory3d": "6. Peak memory of pseudo-labelling volumes (sliding window), unlabeled set grown 10x",
+    "allocator": "7. Reusing freed CPU memory (RunSettings.reuse_cpu_memory), one process per measurement",
 }
 
 
@@ -89,6 +94,8 @@ def render(name: str, result: dict[str, Any]) -> str:
         from speed_precision import precision_table as fn
     elif name == "memory3d":
         from speed_memory import volume_memory_table as fn
+    elif name == "allocator":
+        from speed_allocator import allocator_table as fn
     else:
         from speed_memory import memory_table as fn
     return fn(result)
@@ -183,6 +190,11 @@ def main(argv: list[str] | None = None) -> int:
 
                 result = run_precision_benchmark(quick=args.quick)
                 text = precision_table(result)
+            elif name == "allocator":
+                from speed_allocator import allocator_table, run_allocator_benchmark
+
+                result = run_allocator_benchmark(quick=args.quick, threads=args.threads)
+                text = allocator_table(result)
             elif name == "memory3d":
                 from speed_memory import run_volume_memory_benchmark, volume_memory_table
 
