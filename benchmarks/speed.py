@@ -69,6 +69,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out", type=Path, default=Path("benchmarks/results/speed.json"), help="JSON file for all results"
     )
+    p.add_argument(
+        "--pseudo-images",
+        type=int,
+        default=None,
+        help="unlabeled images of the pseudo-labelling benchmark (default 256; 64 with --quick)",
+    )
     p.add_argument("--profile", action="store_true", help="also print a cProfile of one pseudo-labelling run")
     p.add_argument(
         "--report-only", action="store_true", help="run nothing: print the tables of the results in --out"
@@ -159,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmarks": {k: v for k, v in kept.items() if k not in args.only},
     }
     size = 128 if args.quick else 256
-    pl_images = 64 if args.quick else 256
+    pl_images = args.pseudo_images or (64 if args.quick else 256)
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="speed_") as tmp:
         items: list[dict[str, str]] = []

@@ -38,10 +38,10 @@ def _worker(workload: str, policy: str, mode: str, size: int, batch: int, repeat
     import torch
 
     torch.set_num_threads(threads)
+    from speed_precision import pseudo_label_step, training_step
+
     import monai_im.engines.acceleration as acc
-    from monai_im.engines import RunSettings, ensemble_predict
-    from monai_im.losses import MaskedDiceCELoss
-    from monai_im.networks import IMUNet
+    from monai_im.engines import RunSettings
 
     reuse = mode == MODES[1]
     if reuse and not acc.reuse_freed_cpu_memory():
@@ -55,26 +55,8 @@ def _worker(workload: str, policy: str, mode: str, size: int, batch: int, repeat
     gen = torch.Generator().manual_seed(size)
     x = torch.rand(batch, 3, size, size, generator=gen)
     y = (torch.rand(batch, 1, size, size, generator=gen) > 0.5).float()
-
-    def network(seed: int) -> torch.nn.Module:
-        torch.manual_seed(seed)
-        return settings.prepare_network(IMUNet(2, 3, 1, alpha=0.5), "cpu")
-
-    if workload == "training":
-        net = network(0).train()
-        opt = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=1e-4)
-        loss_fn = MaskedDiceCELoss(mode="binary")
-
-        def step() -> None:
-            opt.zero_grad(set_to_none=True)
-            loss_fn(net(x), y).backward()
-            opt.step()
-    else:
-        teachers = [network(k).eval() for k in range(3)]
-
-        def step() -> None:
-            ensemble_predict(teachers, x)
-
+    # the workloads of benchmark 5, built the same way
+    step = training_step(settings, x, y) if workload == "training" else pseudo_label_step(settings, x)
     step()
     step()  # warm-up: first allocations, oneDNN primitives
     wall, kernel = [], []

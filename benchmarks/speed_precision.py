@@ -38,6 +38,8 @@ __all__ = [
     "speedup_line",
     "fastest_settings_line",
     "matmul_peak",
+    "training_step",
+    "pseudo_label_step",
 ]
 
 BASELINE = "eager fp32"
@@ -81,7 +83,7 @@ def _network(settings: RunSettings, seed: int) -> torch.nn.Module:
     return settings.prepare_network(IMUNet(2, 3, 1, alpha=0.5), "cpu")
 
 
-def _training_step(settings: RunSettings, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
+def training_step(settings: RunSettings, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
     net = _network(settings, 0).train()
     opt = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=1e-4)
     loss_fn = MaskedDiceCELoss(mode="binary")
@@ -94,7 +96,7 @@ def _training_step(settings: RunSettings, x: torch.Tensor, y: torch.Tensor) -> C
     return step
 
 
-def _pseudo_label_step(settings: RunSettings, x: torch.Tensor) -> Callable[[], None]:
+def pseudo_label_step(settings: RunSettings, x: torch.Tensor) -> Callable[[], None]:
     teachers = [_network(settings, k).eval() for k in range(TEACHERS)]
     return lambda: ensemble_predict(teachers, x)
 
@@ -161,14 +163,14 @@ def run_precision_benchmark(quick: bool = False) -> dict[str, Any]:
             result["sizes"][str(size)] = {
                 "training": _workload(
                     f"{size}x{size} training",
-                    functools.partial(_training_step, x=x, y=y),
+                    functools.partial(training_step, x=x, y=y),
                     batch,
                     repeats,
                     peak,
                 ),
                 "pseudo_labelling": _workload(
                     f"{size}x{size} pseudo-labelling",
-                    functools.partial(_pseudo_label_step, x=x),
+                    functools.partial(pseudo_label_step, x=x),
                     batch,
                     repeats,
                     peak,

@@ -129,3 +129,34 @@ def test_methods_json_picks_the_generation_on_validation_and_gives_gap_closure(s
         {"LDT": 9.0, "FDT": 3.0},
     )
     assert lower["methods"]["AIM"]["gap_closure"] == pytest.approx(0.75)
+
+
+def test_allocator_line_compares_the_defaults_with_eager_fp32_on_the_default_allocator(scripts):
+    al = scripts("speed_allocator")
+    seconds = {
+        ("training", "eager fp32", al.MODES[0]): 2.0,
+        ("training", "eager fp32", al.MODES[1]): 1.2,
+        ("training", "defaults", al.MODES[0]): 0.9,
+        ("training", "defaults", al.MODES[1]): 0.5,
+        ("pseudo_labelling", "eager fp32", al.MODES[0]): 3.0,
+        ("pseudo_labelling", "eager fp32", al.MODES[1]): 2.0,
+        ("pseudo_labelling", "defaults", al.MODES[0]): 1.0,
+        ("pseudo_labelling", "defaults", al.MODES[1]): 0.4,
+    }
+    result = {
+        "size": 256,
+        "batch_size": 16,
+        "rounds": 3,
+        "calls_per_process": 3,
+        "rows": {
+            "|".join(k): {"seconds_median": v, "seconds": [v], "kernel_seconds_median": 0.0}
+            for k, v in seconds.items()
+        },
+    }
+    assert al.allocator_line(result) == (
+        "speed-up at 256x256 with the bundle defaults: training 4.00x, pseudo-labelling 7.50x "
+        "(eager fp32 with glibc's default allocator = 1.00x)"
+    )
+    text = al.allocator_table(result)
+    # defaults with reuse vs defaults without: 0.9 / 0.5
+    assert "1.80x" in text and "2.50x" in text  # and pseudo-labelling's 1.0 / 0.4
