@@ -78,3 +78,5 @@ def test_run_settings_come_from_the_top_level_keys():
     net = parser.get_parsed_content("network").eval()
     assert net.forward.settings is settings
     assert net(torch.rand(1, 1, 32, 32)).dtype == torch.float32
+    parser.update({"reuse_cpu_memory": False})
+    assert parser.get_parsed_content("run_settings", lazy=False).reuse_cpu_memory is False
