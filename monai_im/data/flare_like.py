@@ -31,7 +31,6 @@ import argparse
 import gzip
 import logging
 import os
-import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,7 +40,8 @@ from scipy import ndimage
 
 from monai_im.data.datalist import split_labeled, write_datalist
 from monai_im.data.drawing import _resample, bezier, image_rng, smooth_noise
-from monai_im.io import atomic_directory, atomic_write_bytes, atomic_write_json, load_json
+from monai_im.data.synthetic import dataset_arguments, ensure_dataset, run_dataset_command
+from monai_im.io import atomic_directory, atomic_write_bytes, atomic_write_json
 from monai_im.progress import progress_bar
 
 __all__ = [
@@ -502,23 +502,7 @@ def ensure_flare_like_dataset(root: str | os.PathLike, **kwargs: Any) -> str:
             is refused.
         kwargs: passed to :func:`make_flare_like_dataset` (``num_train``, ``shape``, ``seed`` ...).
     """
-    path = Path(root)
-    if (path / "datalist.json").is_file():
-        logger.info("reusing the dataset in %s", path)
-        return str(root)
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        raise FileExistsError(
-            f"{path} exists but holds no datalist.json; refusing to write a demo dataset over it "
-            "(point dataset_dir at an empty or new folder)"
-        )
-    kwargs.setdefault("overwrite", path.exists())  # an empty folder may be replaced
-    try:
-        make_flare_like_dataset(path, **kwargs)
-    except OSError:
-        if (path / "datalist.json").is_file():  # another process made it at the same time
-            return str(root)
-        raise
-    return str(root)
+    return ensure_dataset(root, make_flare_like_dataset, **kwargs)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -526,25 +510,18 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m monai_im.data.flare_like",
         description="Write a seeded FLARE22-like synthetic CT dataset (NIfTI volumes, 13 organs) with a datalist.json.",
     )
-    parser.add_argument("out_dir", type=Path, help="dataset folder to create")
-    parser.add_argument("--num-train", type=int, default=24, help="training volumes (default: %(default)s)")
-    parser.add_argument("--num-val", type=int, default=4, help="validation volumes (default: %(default)s)")
-    parser.add_argument("--num-test", type=int, default=4, help="test volumes (default: %(default)s)")
+    dataset_arguments(parser, "volumes", num_train=24, num_val=4, num_test=4, labeled_fraction=0.25)
     parser.add_argument("--shape", type=int, nargs=3, default=[64, 64, 48], metavar=("X", "Y", "Z"))
     parser.add_argument("--spacing", type=float, nargs=3, default=[2.5, 2.5, 4.0], metavar=("X", "Y", "Z"))
-    parser.add_argument("--labeled-fraction", type=float, default=0.25, help="(default: %(default)s)")
     parser.add_argument("--num-organs", type=int, default=13, help="keep labels 1..N (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset folder")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
     args = _parser().parse_args(argv)
-    try:
-        out = make_flare_like_dataset(
+    return run_dataset_command(
+        lambda: make_flare_like_dataset(
             args.out_dir,
             num_train=args.num_train,
             num_val=args.num_val,
@@ -556,18 +533,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             seed=args.seed,
             overwrite=args.overwrite,
             progress=not args.quiet,
-        )
-    except (OSError, ValueError) as e:
-        hint = " (pass --overwrite to replace it)" if isinstance(e, FileExistsError) else ""
-        print(f"error: {e}{hint}", file=sys.stderr)
-        return 2
-    counts = load_json(out / "dataset.json")["counts"]
-    print(
-        f"wrote {sum(counts.values())} flare_like volumes ("
-        + ", ".join(f"{n} {key}" for key, n in counts.items())
-        + f") to {out}; datalist: {out / 'datalist.json'}"
+        ),
+        "flare_like volumes",
     )
-    return 0
 
 
 if __name__ == "__main__":

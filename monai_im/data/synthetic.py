@@ -229,6 +229,33 @@ def make_hela_like_dataset(
     )
 
 
+def ensure_dataset(root: str | os.PathLike, make: Callable[..., Any], **kwargs: Any) -> str:
+    """Return ``root``, calling ``make(root, **kwargs)`` first if ``root`` holds no ``datalist.json``.
+
+    The one rule of the demo datasets' ``ensure_*`` functions: an existing dataset is reused as it is
+    (``kwargs`` are not compared with it); a folder that exists, is not empty and holds no datalist is
+    refused; an empty one may be replaced; when another process made the dataset at the same time, its
+    dataset is used.
+    """
+    path = Path(root)
+    if (path / "datalist.json").is_file():
+        logger.info("reusing the dataset in %s", path)
+        return str(root)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise FileExistsError(
+            f"{path} exists but holds no datalist.json; refusing to write a demo dataset over it "
+            "(point dataset_dir at an empty or new folder)"
+        )
+    kwargs.setdefault("overwrite", path.exists())  # an empty folder may be replaced
+    try:
+        make(path, **kwargs)
+    except OSError:
+        if (path / "datalist.json").is_file():  # another process made it at the same time
+            return str(root)
+        raise
+    return str(root)
+
+
 def ensure_demo_dataset(kind: str, root: str | os.PathLike, **kwargs: Any) -> str:
     """Return ``root``, creating a demo dataset there first if it has no ``datalist.json``.
 
@@ -242,23 +269,55 @@ def ensure_demo_dataset(kind: str, root: str | os.PathLike, **kwargs: Any) -> st
     """
     if kind not in DEMO_KINDS:
         raise ValueError(f"unknown demo dataset kind {kind!r}; choose one of {sorted(DEMO_KINDS)}")
-    path = Path(root)
-    if (path / "datalist.json").is_file():
-        logger.info("reusing the dataset in %s", path)
-        return str(root)
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        raise FileExistsError(
-            f"{path} exists but holds no datalist.json; refusing to write a demo dataset over it "
-            "(point dataset_dir at an empty or new folder)"
-        )
-    kwargs.setdefault("overwrite", path.exists())  # an empty folder may be replaced
+    return ensure_dataset(root, lambda path, **kw: make_demo_dataset(kind, path, **kw), **kwargs)
+
+
+def dataset_arguments(
+    parser: argparse.ArgumentParser,
+    unit: str,
+    num_train: int,
+    num_val: int,
+    num_test: int,
+    labeled_fraction: float,
+) -> argparse.ArgumentParser:
+    """The options every demo dataset command shares: output folder, split sizes, labeled fraction, seed,
+    ``--overwrite`` and ``--quiet`` (``unit``: "images" or "volumes", for the help texts)."""
+    parser.add_argument("out_dir", type=Path, help="dataset folder to create")
+    parser.add_argument(
+        "--num-train", type=int, default=num_train, help=f"training {unit} (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--num-val", type=int, default=num_val, help=f"validation {unit} (default: %(default)s)"
+    )
+    parser.add_argument("--num-test", type=int, default=num_test, help=f"test {unit} (default: %(default)s)")
+    parser.add_argument(
+        "--labeled-fraction",
+        type=float,
+        default=labeled_fraction,
+        help=f"share of labeled training {unit} (default: %(default)s)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset folder")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def run_dataset_command(make: Callable[[], Path], what: str) -> int:
+    """Run a demo dataset command's ``make()``: a one-line error (exit status 2) for a bad option or an
+    existing folder, else one line saying what was written where (``what``: e.g. "isic_like images")."""
     try:
-        make_demo_dataset(kind, path, **kwargs)
-    except OSError:
-        if (path / "datalist.json").is_file():  # another process made it at the same time
-            return str(root)
-        raise
-    return str(root)
+        out = make()
+    except (OSError, ValueError) as e:
+        hint = " (pass --overwrite to replace it)" if isinstance(e, FileExistsError) else ""
+        print(f"error: {e}{hint}", file=sys.stderr)
+        return 2
+    counts = load_json(out / "dataset.json")["counts"]
+    print(
+        f"wrote {sum(counts.values())} {what} ("
+        + ", ".join(f"{n} {key}" for key, n in counts.items())
+        + f") to {out}; datalist: {out / 'datalist.json'}"
+    )
+    return 0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -267,28 +326,16 @@ def _parser() -> argparse.ArgumentParser:
         description="Write a seeded synthetic demo dataset (ISIC-like or HeLa-like) with a datalist.json.",
     )
     parser.add_argument("kind", choices=sorted(DEMO_KINDS), help="which dataset to imitate")
-    parser.add_argument("out_dir", type=Path, help="dataset folder to create")
-    parser.add_argument("--num-train", type=int, default=200, help="training images (default: %(default)s)")
-    parser.add_argument("--num-val", type=int, default=20, help="validation images (default: %(default)s)")
-    parser.add_argument("--num-test", type=int, default=40, help="test images (default: %(default)s)")
+    dataset_arguments(parser, "images", num_train=200, num_val=20, num_test=40, labeled_fraction=0.1)
     parser.add_argument("--size", type=int, default=256, help="image side in pixels (default: %(default)s)")
-    parser.add_argument(
-        "--labeled-fraction",
-        type=float,
-        default=0.1,
-        help="share of labeled training images (default: %(default)s)",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset folder")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
     args = _parser().parse_args(argv)
-    try:
-        out = make_demo_dataset(
+    return run_dataset_command(
+        lambda: make_demo_dataset(
             args.kind,
             args.out_dir,
             num_train=args.num_train,
@@ -299,20 +346,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             seed=args.seed,
             overwrite=args.overwrite,
             progress=not args.quiet,
-        )
-    except FileExistsError as e:
-        print(f"error: {e} (pass --overwrite to replace it)", file=sys.stderr)
-        return 2
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    counts = load_json(out / "dataset.json")["counts"]
-    print(
-        f"wrote {sum(counts.values())} {DEMO_KINDS[args.kind].name} images ("
-        + ", ".join(f"{n} {key}" for key, n in counts.items())
-        + f") to {out}; datalist: {out / 'datalist.json'}"
+        ),
+        f"{DEMO_KINDS[args.kind].name} images",
     )
-    return 0
 
 
 if __name__ == "__main__":

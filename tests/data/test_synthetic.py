@@ -270,3 +270,16 @@ def test_script_help():
     )
     assert result.returncode == 0, result.stderr
     assert "usage" in result.stdout and "out_dir" in result.stdout
+
+
+@pytest.mark.parametrize("module", ["monai_im.data.synthetic", "monai_im.data.flare_like"])
+def test_dataset_commands_refuse_a_bad_option_in_one_line_and_write_nothing(module, tmp_path, capsys):
+    import importlib
+
+    main = importlib.import_module(module).main
+    kind = ["isic"] if module.endswith("synthetic") else []
+    out = tmp_path / "data"
+    assert main([*kind, str(out), "--labeled-fraction", "1.5", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "labeled" in err, err
+    assert not out.exists()
