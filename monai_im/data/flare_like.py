@@ -40,7 +40,7 @@ from scipy import ndimage
 
 from monai_im.data.datalist import split_labeled, write_datalist
 from monai_im.data.drawing import _resample, bezier, image_rng, smooth_noise
-from monai_im.data.synthetic import dataset_arguments, ensure_dataset, run_dataset_command
+from monai_im.data.synthetic import dataset_arguments, dataset_options, ensure_dataset, run_dataset_command
 from monai_im.io import atomic_directory, atomic_write_bytes, atomic_write_json
 from monai_im.progress import progress_bar
 
@@ -523,16 +523,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_dataset_command(
         lambda: make_flare_like_dataset(
             args.out_dir,
-            num_train=args.num_train,
-            num_val=args.num_val,
-            num_test=args.num_test,
             shape=args.shape,
             spacing=args.spacing,
-            labeled_fraction=args.labeled_fraction,
             num_organs=args.num_organs,
-            seed=args.seed,
-            overwrite=args.overwrite,
-            progress=not args.quiet,
+            **dataset_options(args),
         ),
         "flare_like volumes",
     )

@@ -302,6 +302,19 @@ def dataset_arguments(
     return parser
 
 
+def dataset_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments of a ``make_*_dataset`` function from the options of :func:`dataset_arguments`."""
+    return {
+        "num_train": args.num_train,
+        "num_val": args.num_val,
+        "num_test": args.num_test,
+        "labeled_fraction": args.labeled_fraction,
+        "seed": args.seed,
+        "overwrite": args.overwrite,
+        "progress": not args.quiet,
+    }
+
+
 def run_dataset_command(make: Callable[[], Path], what: str) -> int:
     """Run a demo dataset command's ``make()``: a one-line error (exit status 2) for a bad option or an
     existing folder, else one line saying what was written where (``what``: e.g. "isic_like images")."""
@@ -335,18 +348,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
     args = _parser().parse_args(argv)
     return run_dataset_command(
-        lambda: make_demo_dataset(
-            args.kind,
-            args.out_dir,
-            num_train=args.num_train,
-            num_val=args.num_val,
-            num_test=args.num_test,
-            size=args.size,
-            labeled_fraction=args.labeled_fraction,
-            seed=args.seed,
-            overwrite=args.overwrite,
-            progress=not args.quiet,
-        ),
+        lambda: make_demo_dataset(args.kind, args.out_dir, size=args.size, **dataset_options(args)),
         f"{DEMO_KINDS[args.kind].name} images",
     )
 
