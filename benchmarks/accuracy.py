@@ -26,6 +26,7 @@ import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
+from typing import Any
 
 from accuracy_report import write_report  # a sibling module: the script's folder is on sys.path
 
@@ -132,17 +133,24 @@ def init_store(args: argparse.Namespace) -> None:
         client.create_experiment(name, artifact_location=(args.out / "mlartifacts").resolve().as_uri())
 
 
-def bundle_command(args: argparse.Namespace, label: str, seed: int) -> list[str]:
-    bundle = BUNDLES[args.dataset]
-    configs = f"['bundles/{bundle}/configs/train.json','bundles/{bundle}/configs/demo.json']"
-    overrides = {
-        **ALL_METHODS[label],
+def study_overrides(
+    args: argparse.Namespace,
+    *,
+    seed: int,
+    dataset_dir: Path,
+    output_dir: Path,
+    experiment: str,
+    run_name: str,
+) -> dict[str, Any]:
+    """The bundle overrides every benchmark study shares: where its data, folder and MLflow store are,
+    and the demo schedule and split sizes of ``args`` (also used by ``active_learning.py``)."""
+    return {
         "seed": seed,
-        "dataset_dir": str(args.out / "data"),
-        "output_dir": str(run_dir(args.out, label, seed)),
+        "dataset_dir": str(dataset_dir),
+        "output_dir": str(output_dir),
         "tracking_uri": f"sqlite:///{(args.out / 'mlflow.db').resolve()}",
-        "experiment_name": f"{args.dataset}_accuracy",
-        "run_name": f"{label} seed {seed}",
+        "experiment_name": experiment,
+        "run_name": run_name,
         "num_students": args.students,
         "num_generations": args.generations,
         "epochs": args.epochs,
@@ -153,6 +161,22 @@ def bundle_command(args: argparse.Namespace, label: str, seed: int) -> list[str]
         "demo_num_test": args.num_test,
         "progress": False,
         "val_interval": 1,  # every epoch: checkpoints and teachers are picked on the validation metric
+    }
+
+
+def bundle_command(args: argparse.Namespace, label: str, seed: int) -> list[str]:
+    bundle = BUNDLES[args.dataset]
+    configs = f"['bundles/{bundle}/configs/train.json','bundles/{bundle}/configs/demo.json']"
+    overrides = {
+        **ALL_METHODS[label],
+        **study_overrides(
+            args,
+            seed=seed,
+            dataset_dir=args.out / "data",
+            output_dir=run_dir(args.out, label, seed),
+            experiment=f"{args.dataset}_accuracy",
+            run_name=f"{label} seed {seed}",
+        ),
     }
     if args.dataset != "flare":  # the 3D demo keeps its own volume and patch sizes
         overrides.update({"demo_image_size": args.size, "image_size": [args.size, args.size]})

@@ -32,6 +32,8 @@ from pathlib import Path
 from statistics import mean, pstdev
 from typing import Any
 
+from accuracy import study_overrides  # a sibling script: its folder is on sys.path
+
 from monai_im.engines.active import STRATEGIES, load_bundle_study, simulate
 from monai_im.io import atomic_write_bytes, atomic_write_json
 
@@ -49,30 +51,21 @@ def configs(dataset: str) -> list[str]:
 def overrides(args: argparse.Namespace, seed: int, data_dir: Path, study_dir: Path) -> dict[str, Any]:
     """The bundle overrides of one round's study (the same for training and for building it to rank)."""
     run_name = " ".join(study_dir.relative_to(args.out / "runs").parts[:-1])  # e.g. "seed0 im round_1"
-    values: dict[str, Any] = {
+    return {
         "method": "im",
-        "seed": seed,
-        "dataset_dir": str(data_dir),
-        "output_dir": str(study_dir),
-        "tracking_uri": f"sqlite:///{(args.out / 'mlflow.db').resolve()}",
-        "experiment_name": f"{args.dataset}_active_learning",
-        "run_name": run_name,
-        "num_students": args.students,
+        **study_overrides(
+            args,
+            seed=seed,
+            dataset_dir=data_dir,
+            output_dir=study_dir,
+            experiment=f"{args.dataset}_active_learning",
+            run_name=run_name,
+        ),
         "num_teachers": args.teachers,
-        "num_generations": args.generations,
-        "epochs": args.epochs,
-        "min_steps": args.min_steps,
-        "batch_size": args.batch_size,
-        "demo_num_train": args.num_train,
-        "demo_num_val": args.num_val,
-        "demo_num_test": args.num_test,
         "demo_image_size": args.size,
         "labeled_fraction": args.labeled_fraction,
         "image_size": [args.size, args.size],
-        "progress": False,
-        "val_interval": 1,
     }
-    return values
 
 
 def train_command(values: dict[str, Any], dataset: str) -> list[str]:
