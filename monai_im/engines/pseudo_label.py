@@ -119,9 +119,16 @@ class _Labelled:
 
 
 @dataclass
-class _PostState:
-    """What the post-processing of one batch hands to the next: files still being written, the figure."""
+class _Pass:
+    """One labelling pass as its post-processing thread sees it: where files go, and what one batch
+    hands to the next (files still being written, the figure being drawn, the counts on the bar)."""
 
+    writers: ThreadPoolExecutor
+    files: PseudoLabelFormat
+    tmp: Path
+    uids: Sequence[str]
+    items: Sequence[Mapping[str, Any]]
+    bar: Any
     draw_figure: bool
     pending: list[Future] = field(default_factory=list)
     drawn: Future | None = None
@@ -410,7 +417,6 @@ class PseudoLabeler:
             ThreadPoolExecutor(max_workers=2, thread_name_prefix="pseudo-label-write") as writers,
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="pseudo-label-post") as post,
         ):
-            state = _PostState(draw_figure=draw_figure and self.num_figure_images > 0)
             batches = prefetch(loader) if self.num_workers == 0 else loader
             bar = progress_bar(
                 batches,
@@ -420,6 +426,7 @@ class PseudoLabeler:
                 disable=not self.progress,
                 leave=False,
             )
+            run = _Pass(writers, files, tmp, uids, items_in, bar, draw_figure and self.num_figure_images > 0)
             previous: Future | None = None
             for batch in bar:
                 affines = _affines(batch["image"])  # volumes: where each preprocessed volume lies
@@ -430,34 +437,25 @@ class PseudoLabeler:
                 truth = batch.get("label") if self.strategy.mode != "multiclass" else None
                 if previous is not None:
                     previous.result()  # raises what went wrong in the previous batch
-                previous = post.submit(
-                    self._post, state, part, writers, files, tmp, uids, items_in, start,
-                    images, logits, truth, affines, bar,
-                )  # fmt: skip
+                previous = post.submit(self._post, run, part, start, images, logits, truth, affines)
                 start += images.shape[0]
             if previous is not None:
                 previous.result()
-            for f in state.pending:
+            for f in run.pending:
                 f.result()
-            part.figure_path = state.drawn.result() if state.drawn is not None else None
+            part.figure_path = run.drawn.result() if run.drawn is not None else None
         return part
 
     @torch.no_grad()
     def _post(
         self,
-        state: _PostState,
+        run: _Pass,
         part: _Labelled,
-        writers: ThreadPoolExecutor,
-        files: PseudoLabelFormat,
-        tmp: Path,
-        uids: Sequence[str],
-        items_in: Sequence[Mapping[str, Any]],
         start: int,
         images: torch.Tensor,
         logits: torch.Tensor,
         truth: Any,
         affines: np.ndarray | None,
-        bar: Any,
     ) -> None:
         """One batch after the teachers: pseudo-labels, IM, statistics, the figure, and its files queued
         (run by one thread, batch after batch, so that rows and statistics keep the order of the set)."""
@@ -475,19 +473,16 @@ class PseudoLabeler:
             iou = self._agreement(result.label > 0, truth, im)
             part.quality.extend(iou.tolist())
             part.quality_kept.extend(iou[accepted].tolist())
-        if part.figure is None and state.draw_figure:
+        if part.figure is None and run.draw_figure:
             part.figure = self._figure(images, probs, result)
             # drawn by a writer thread while the teachers go on (matplotlib's Agg canvas, no pyplot)
-            state.drawn = writers.submit(part.figure.plot, tmp / PseudoLabelResult.FIGURE)
+            run.drawn = run.writers.submit(part.figure.plot, run.tmp / PseudoLabelResult.FIGURE)
         # bound memory: wait for the previous batch's files before queueing this one's
-        for f in state.pending:
+        for f in run.pending:
             f.result()
-        sources = list(range(start, start + n))
-        state.pending = self._write(
-            writers, files, tmp, uids, sources, items_in, images, result, part.rows, affines
-        )
-        state.kept, state.seen = state.kept + part.batches[-1][1], state.seen + n
-        bar.set_postfix(kept=f"{state.kept}/{state.seen}", refresh=False)
+        run.pending = self._write(run, list(range(start, start + n)), images, result, part.rows, affines)
+        run.kept, run.seen = run.kept + part.batches[-1][1], run.seen + n
+        run.bar.set_postfix(kept=f"{run.kept}/{run.seen}", refresh=False)
 
     def _finish(
         self, tmp: Path, part: _Labelled, extra_stats: Mapping[str, float] | None
@@ -554,9 +549,13 @@ class PseudoLabeler:
             stats["label_iou_kept"] = float(np.nanmean(quality_kept))
         return stats
 
+    def _masked(self, images: torch.Tensor, im: torch.Tensor | None, index: Any) -> torch.Tensor:
+        """``images[index]`` with their IM (if any) set to the fill value."""
+        return images[index] if im is None else mask_image(images[index], im[index], self.fill_value)
+
     def _figure(self, images, probs, result) -> FigureSample:
         k = min(self.num_figure_images, images.shape[0])
-        masked = images[:k] if result.im is None else mask_image(images[:k], result.im[:k], self.fill_value)
+        masked = self._masked(images, result.im, slice(k))
         if self.strategy.mode == "multiclass":
             classes = probs.shape[2]
             teacher = (
@@ -581,9 +580,7 @@ class PseudoLabeler:
             masked_images=masked_k.detach().float().cpu(),
         )
 
-    def _write(
-        self, pool, files, root: Path, uids, sources, originals, images, result, items, affines
-    ) -> list[Future]:
+    def _write(self, run: _Pass, sources, images, result, items, affines) -> list[Future]:
         """Queue the files of the accepted images of one batch; add their datalist rows to ``items``.
 
         A row refers to the original image (``image``, and ``source``: its index in the unlabeled list)
@@ -595,20 +592,17 @@ class PseudoLabeler:
         spatial_dims = result.label.ndim - 2
         labels = result.label[idx].float().cpu().numpy()
         ims = result.im[idx].float().cpu().numpy() if result.im is not None else None
-        imgs = None
-        if self.save_masked_images:  # the IM cut out of the accepted images only, only when asked for
-            imgs = (
-                images[idx] if result.im is None else mask_image(images[idx], result.im[idx], self.fill_value)
-            )
-            imgs = imgs.float().cpu().numpy()
+        # the IM cut out of the accepted images only, only when asked for
+        imgs = self._masked(images, result.im, idx).float().cpu().numpy() if self.save_masked_images else None
         score = result.score[idx].float().cpu().tolist() if result.score is not None else None
+        files, pool, root = run.files, run.writers, run.tmp
         futures = []
         for j, i in enumerate(idx):
             source = sources[i]
-            uid = uids[source]
+            uid = run.uids[source]
             affine = affines[i] if affines is not None else None
             entry: dict[str, Any] = {
-                "image": str(originals[source]["image"]),
+                "image": str(run.items[source]["image"]),
                 "source": source,
                 "label": str(files.path(root / "labels", uid, spatial_dims)),
             }
