@@ -80,8 +80,7 @@ def reuse_freed_cpu_memory() -> bool:
 
     Sets glibc's ``M_MMAP_THRESHOLD`` to :data:`REUSE_CPU_MEMORY_BYTES` (blocks below it come from the
     heap, not from fresh mappings) and ``M_TRIM_THRESHOLD`` to just under twice that, the largest C int
-    (free memory at the top of the
-    heap is given back to the system only beyond it). Process-wide, once, and only where it is known to
+    (free memory at the top of the heap is given back to the system only beyond it). Process-wide, once, and only where it is known to
     work: Linux with glibc. Elsewhere (macOS, Windows, musl) nothing changes and False is returned.
     """
     if not sys.platform.startswith("linux"):
