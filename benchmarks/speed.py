@@ -13,6 +13,8 @@
 7. Allocator: the reuse of freed CPU memory on and off, for eager fp32 and the defaults, each
    measurement in a fresh process (the setting is process-wide); ends with one line
    ``speed-up at 256x256 with the bundle defaults: ...`` against eager fp32 with glibc's default allocator.
+8. Contention: the teachers' ensemble forward alone and beside a reading thread, a pure-Python
+   thread, a memory-streaming thread and a reading process (why reading ahead slows the forwards).
 
 Usage::
 
@@ -42,7 +44,7 @@ from speed_common import environment, header, isic_like_items, log
 
 from monai_im.io import atomic_write_bytes, atomic_write_json
 
-BENCHMARKS = ("im", "pseudo", "train", "memory", "precision", "memory3d", "allocator")
+BENCHMARKS = ("im", "pseudo", "train", "memory", "precision", "memory3d", "allocator", "contention")
 TITLES = {
     "im": "1. IM creation throughput",
     "pseudo": "2. Pseudo-labelling throughput",
@@ -51,6 +53,7 @@ TITLES = {
     "precision": "5. Precision, memory format and compilation (RunSettings) vs eager fp32",
     "memory3d": "6. Peak memory of pseudo-labelling volumes (sliding window), unlabeled set grown 10x",
     "allocator": "7. Reusing freed CPU memory (RunSettings.reuse_cpu_memory), one process per measurement",
+    "contention": "8. The teachers' forward passes beside other work (reading thread, Python thread, process)",
 }
 
 
@@ -102,6 +105,8 @@ def render(name: str, result: dict[str, Any]) -> str:
         from speed_memory import volume_memory_table as fn
     elif name == "allocator":
         from speed_allocator import allocator_table as fn
+    elif name == "contention":
+        from speed_contention import contention_table as fn
     else:
         from speed_memory import memory_table as fn
     return fn(result)
@@ -169,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="speed_") as tmp:
         items: list[dict[str, str]] = []
-        if {"pseudo", "train"} & set(args.only):
+        if {"pseudo", "train", "contention"} & set(args.only):
             log(f"[data] writing {pl_images} synthetic ISIC-like images of {size}x{size}")
             items = isic_like_items(Path(tmp) / "isic_like", pl_images, size)
         for name in BENCHMARKS:
@@ -201,6 +206,11 @@ def main(argv: list[str] | None = None) -> int:
 
                 result = run_allocator_benchmark(quick=args.quick, threads=args.threads)
                 text = allocator_table(result)
+            elif name == "contention":
+                from speed_contention import contention_table, run_contention_benchmark
+
+                result = run_contention_benchmark(items, size, quick=args.quick, threads=args.threads)
+                text = contention_table(result)
             elif name == "memory3d":
                 from speed_memory import run_volume_memory_benchmark, volume_memory_table
 
