@@ -160,3 +160,45 @@ def test_allocator_line_compares_the_defaults_with_eager_fp32_on_the_default_all
     text = al.allocator_table(result)
     # defaults with reuse vs defaults without: 0.9 / 0.5
     assert "1.80x" in text and "2.50x" in text  # and pseudo-labelling's 1.0 / 0.4
+
+
+def test_contention_runs_the_other_work_only_inside_the_block(scripts):
+    import threading
+    import time
+
+    ct = scripts("speed_contention")
+    calls = []
+    lock = threading.Lock()
+
+    def work():
+        with lock:
+            calls.append(1)
+        time.sleep(0.001)
+
+    beside = ct._Beside(work)
+    with beside:
+        deadline = time.time() + 5.0
+        while not calls and time.time() < deadline:
+            time.sleep(0.001)
+    after = len(calls)
+    time.sleep(0.05)
+    assert after > 0  # it ran while the block was open
+    assert len(calls) == after  # and not after it: the thread was stopped and joined
+    assert not beside.thread.is_alive()
+    with beside:  # the same object serves every round
+        time.sleep(0.02)
+    assert len(calls) > after
+
+
+def test_every_benchmark_has_a_title_and_renders_from_its_saved_result(speed, scripts):
+    assert set(speed.TITLES) == set(speed.BENCHMARKS)
+    ct = scripts("speed_contention")
+    rows = {
+        name: {"wall": {"median": 0.5 * (i + 1), "min": 0.4, "max": 0.6}}
+        for i, name in enumerate(ct.VARIANTS)
+    }
+    for r in rows.values():
+        r["ratio"] = r["wall"]["median"] / 0.5
+    result = {"image_size": 256, "batch_size": 32, "repeats": 5, "threads": 1, "rows": rows}
+    text = speed.render("contention", result)
+    assert " 3.00x |" in text and "reading process" in text
