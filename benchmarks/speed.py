@@ -182,45 +182,38 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             t0 = time.time()
             if name == "im":
-                from speed_im import im_table, run_im_benchmark
+                from speed_im import run_im_benchmark
 
                 result = run_im_benchmark(args.threads, quick=args.quick)
-                text = im_table(result)
             elif name == "pseudo":
-                from speed_pseudo import pseudo_tables, run_pseudo_benchmark
+                from speed_pseudo import run_pseudo_benchmark
 
                 result = run_pseudo_benchmark(items, size, quick=args.quick, profile=args.profile)
-                text = pseudo_tables(result)
             elif name == "train":
-                from speed_train import run_train_benchmark, train_table
+                from speed_train import run_train_benchmark
 
                 result = run_train_benchmark(items, size, quick=args.quick)
-                text = train_table(result)
             elif name == "precision":
-                from speed_precision import precision_table, run_precision_benchmark
+                from speed_precision import run_precision_benchmark
 
                 result = run_precision_benchmark(quick=args.quick)
-                text = precision_table(result)
             elif name == "allocator":
-                from speed_allocator import allocator_table, run_allocator_benchmark
+                from speed_allocator import run_allocator_benchmark
 
                 result = run_allocator_benchmark(quick=args.quick, threads=args.threads)
-                text = allocator_table(result)
             elif name == "contention":
-                from speed_contention import contention_table, run_contention_benchmark
+                from speed_contention import run_contention_benchmark
 
                 result = run_contention_benchmark(items, size, quick=args.quick, threads=args.threads)
-                text = contention_table(result)
             elif name == "memory3d":
-                from speed_memory import run_volume_memory_benchmark, volume_memory_table
+                from speed_memory import run_volume_memory_benchmark
 
                 result = run_volume_memory_benchmark(args.threads, quick=args.quick)
-                text = volume_memory_table(result)
             else:
-                from speed_memory import memory_table, run_memory_benchmark
+                from speed_memory import run_memory_benchmark
 
                 result = run_memory_benchmark(args.threads, quick=args.quick)
-                text = memory_table(result)
+            text = render(name, result)
             env = environment()  # the load average as it was when this table was measured
             result["environment"] = env
             result["seconds"] = time.time() - t0

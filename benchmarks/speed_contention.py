@@ -125,23 +125,17 @@ def run_contention_benchmark(
 
         return run
 
-    def with_process() -> None:
-        if not proc.is_alive():
-            proc.start()
-            ready.wait(timeout=120)
-        forward()
-
     log(f"[contention] ensemble forward, batch {BATCH} of {size}x{size}, {repeats} interleaved rounds")
+    proc.start()
     try:
-        # the process runs only during its own variant: it is started for it and paused otherwise
+        ready.wait(timeout=120)
         runs: dict[str, Callable[[], None]] = {VARIANTS[0]: forward}
         runs.update({name: beside(name) for name in threaded})
-        runs[VARIANTS[4]] = with_process
+        runs[VARIANTS[4]] = forward  # beside the process, which runs only during this variant
         times = _interleave_with_process(runs, repeats, proc)
     finally:
-        if proc.is_alive():
-            proc.kill()
-            proc.join()
+        proc.kill()
+        proc.join()
     base = summarize(times[VARIANTS[0]]["wall"])["median"]
     rows = {
         name: {"wall": summarize(t["wall"]), "ratio": summarize(t["wall"])["median"] / base}
@@ -159,18 +153,16 @@ def _interleave_with_process(
 
     def paused(fn: Callable[[], None], on: bool) -> Callable[[], None]:
         def run() -> None:
-            if proc.is_alive() and proc.pid is not None:
-                os.kill(proc.pid, signal.SIGCONT if on else signal.SIGSTOP)
-                if on:
-                    time.sleep(0.2)  # let it get going again
+            if on:
+                os.kill(proc.pid, signal.SIGCONT)
+                time.sleep(0.2)  # let it get going again
             fn()
-            if proc.is_alive() and proc.pid is not None:
-                os.kill(proc.pid, signal.SIGSTOP)
+            os.kill(proc.pid, signal.SIGSTOP)
 
         return run
 
     wrapped = {name: paused(fn, name == VARIANTS[4]) for name, fn in runs.items()}
-    wrapped[VARIANTS[4]]()  # starts the process (warm-up)
+    os.kill(proc.pid, signal.SIGSTOP)
     return interleaved(wrapped, repeats, warmup=0, log=log)
 
 
