@@ -305,12 +305,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads per study")
     p.add_argument("--report-only", action="store_true", help="only rebuild the report from finished runs")
     p.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        default=[],
+        metavar="RUNS_CSV",
+        help="add the studies of earlier runs.csv files (e.g. benchmarks/results/<dataset>/runs.csv) that "
+        "were not run under --out, so seeds run at different times make one table",
+    )
+    p.add_argument(
         "--publish",
         type=Path,
         default=None,
         help="copy the report, tables and plot here (default: benchmarks/results/<dataset>)",
     )
     args = p.parse_args(argv)
+    for f in args.merge:
+        if not f.is_file():
+            p.error(f"--merge: no such runs.csv: {f}")
     for key, value in DEFAULTS["flare" if args.dataset == "flare" else "2d"].items():
         if getattr(args, key) is None:
             setattr(args, key, value)

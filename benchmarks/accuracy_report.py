@@ -52,6 +52,43 @@ def collect(out: Path, methods: list[str], seeds: list[int], slug) -> list[dict[
     return rows
 
 
+def _cell(text: str) -> Any:
+    """A runs.csv cell back as a number (empty: None); method names stay text."""
+    if text == "":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            return float(text)
+        except ValueError:
+            return text
+
+
+def merge_rows(rows: list[dict[str, Any]], earlier: list[Path], methods: list[str], seeds: list[int]):
+    """``rows`` plus the records of earlier runs.csv files (a published report, another machine's run)
+    for the (method, seed) studies that ``rows`` does not hold; the first file that has a study wins.
+
+    A study run here always replaces an earlier record of it, so rerunning a seed updates the table."""
+    have = {(r["method"], r["seed"]) for r in rows}
+    merged = list(rows)
+    for path in earlier:
+        with open(path, newline="") as f:
+            records = [{k: _cell(v) for k, v in r.items()} for r in csv.DictReader(f)]
+        if records and not {"method", "seed", "generation"} <= set(records[0]):
+            raise ValueError(f"{path}: not a runs.csv of an accuracy study (needs method, seed, generation)")
+        added = set()
+        for r in records:
+            r["method"] = str(r["method"])
+            study = (r["method"], r["seed"])
+            if study in have or r["method"] not in methods or r["seed"] not in seeds:
+                continue
+            merged.append(r)
+            added.add(study)
+        have |= added
+    return merged
+
+
 def _stats(values: list[float]) -> dict[str, float]:
     values = [v for v in values if v is not None and not math.isnan(v)]
     if not values:
@@ -175,6 +212,7 @@ def write_report(
 
     key, higher = KEY[args.dataset]
     rows = collect(args.out, methods, args.seeds, slug)
+    rows = merge_rows(rows, list(getattr(args, "merge", None) or []), methods, args.seeds)
     table = sorted(summarise(rows, key), key=lambda t: (methods.index(t["method"]), t["generation"]))
     gap = gap_closure(table, key, higher)
 

@@ -131,6 +131,39 @@ def test_methods_json_picks_the_generation_on_validation_and_gives_gap_closure(s
     assert lower["methods"]["AIM"]["gap_closure"] == pytest.approx(0.75)
 
 
+def test_earlier_runs_fill_the_studies_not_run_here_and_never_replace_one_that_was(scripts, tmp_path):
+    report = scripts("accuracy_report")
+    earlier = tmp_path / "runs.csv"
+    earlier.write_text(
+        "generation,method,seed,seconds,test_iou,training_images,val_key\n"
+        "0,LDT,0,59.2,0.40,24,0.42\n"  # run again here: the local record wins
+        "0,LDT,1,41.0,0.43,24,0.44\n"
+        "0,IM (n=2),1,10.0,0.41,24,\n"
+        "1,IM (n=2),1,50.5,0.52,60,0.50\n"
+        "0,FDT,1,70.0,0.60,240,0.61\n"  # a method not asked for
+        "0,LDT,5,40.0,0.30,24,0.30\n"  # a seed not asked for
+    )
+    here = [{"method": "LDT", "seed": 0, "generation": 0, "test_iou": 0.45, "seconds": 60.0}]
+    rows = report.merge_rows(here, [earlier], ["LDT", "IM (n=2)"], [0, 1])
+    assert sorted((r["method"], r["seed"], r["generation"]) for r in rows) == [
+        ("IM (n=2)", 1, 0),
+        ("IM (n=2)", 1, 1),
+        ("LDT", 0, 0),
+        ("LDT", 1, 0),
+    ]
+    assert next(r for r in rows if r["seed"] == 0)["test_iou"] == 0.45
+    im1 = next(r for r in rows if r["method"] == "IM (n=2)" and r["generation"] == 1)
+    assert im1["test_iou"] == 0.52 and im1["training_images"] == 60 and isinstance(im1["generation"], int)
+    assert next(r for r in rows if r["method"] == "IM (n=2)" and r["generation"] == 0)["val_key"] is None
+    table = report.summarise(rows, "test_iou")
+    ldt = next(t for t in table if t["method"] == "LDT")
+    assert ldt["test_iou_n"] == 2 and ldt["test_iou_mean"] == pytest.approx(0.44)
+    wrong = tmp_path / "other.csv"
+    wrong.write_text("a,b\n1,2\n")
+    with pytest.raises(ValueError, match="not a runs.csv"):
+        report.merge_rows(here, [wrong], ["LDT"], [0])
+
+
 def test_allocator_line_compares_the_defaults_with_eager_fp32_on_the_default_allocator(scripts):
     al = scripts("speed_allocator")
     seconds = {
