@@ -300,6 +300,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-val", type=int, default=None, help="default: 40 (2D), 4 (flare)")
     p.add_argument("--num-test", type=int, default=None, help="default: 100 (2D), 8 (flare)")
     p.add_argument("--size", type=int, default=64)
+    p.add_argument(
+        "--variety",
+        default="classic",
+        help="demo data variety: 'classic', or 'families' (ISIC-like: acquisition families that "
+        "augmentation cannot turn into one another); use a new --out for each",
+    )
     p.add_argument("--alpha", type=float, default=None, help="network width (default: the demo's)")
     p.add_argument("--jobs", type=int, default=2, help="studies run at the same time")
     p.add_argument("--threads", type=int, default=1, help="torch threads per study")
@@ -323,6 +329,13 @@ def main(argv: list[str] | None = None) -> int:
     for f in args.merge:
         if not f.is_file():
             p.error(f"--merge: no such runs.csv: {f}")
+    made = args.out / "data" / "dataset.json"
+    if made.is_file() and json.loads(made.read_text()).get("variety", "classic") != args.variety:
+        p.error(
+            f"{made.parent} holds another variety of demo data than --variety {args.variety}; use a new --out"
+        )
+    if args.dataset == "flare" and args.variety != "classic":
+        p.error("--variety: the flare-like volumes have only the classic variety")
     for key, value in DEFAULTS["flare" if args.dataset == "flare" else "2d"].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -341,7 +354,13 @@ def main(argv: list[str] | None = None) -> int:
             ensure_flare_like_dataset(args.out / "data", **sizes, seed=0, progress=False)
         else:
             ensure_demo_dataset(
-                args.dataset, args.out / "data", **sizes, size=args.size, seed=0, progress=False
+                args.dataset,
+                args.out / "data",
+                **sizes,
+                size=args.size,
+                seed=0,
+                progress=False,
+                variety=args.variety,
             )
         init_store(args)
         run_all(args, methods)

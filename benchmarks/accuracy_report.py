@@ -266,7 +266,9 @@ def write_report(
         + (
             "CT-like volumes (64 x 64 x 48, 25% labeled, mean Dice over 13 organs)"
             if args.dataset == "flare"
-            else f"images ({args.size}x{args.size}, 10% labeled)"
+            else f"images ({args.size}x{args.size}, 10% labeled"
+            + (f", {args.variety} variety" if getattr(args, "variety", "classic") != "classic" else "")
+            + ")"
         )
         + f", {args.num_val} validation, {args.num_test} test; "
         f"{args.students} students per generation, {args.generations} generations after generation 0, "

@@ -235,3 +235,18 @@ def test_every_benchmark_has_a_title_and_renders_from_its_saved_result(speed, sc
     result = {"image_size": 256, "batch_size": 32, "repeats": 5, "threads": 1, "rows": rows}
     text = speed.render("contention", result)
     assert " 3.00x |" in text and "reading process" in text
+
+
+def test_accuracy_refuses_an_output_folder_holding_another_variety_of_data(scripts, tmp_path, capsys):
+    accuracy = scripts("accuracy")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "dataset.json").write_text(json.dumps({"kind": "isic", "variety": "classic"}))
+    with pytest.raises(SystemExit) as e:
+        accuracy.main(["isic", "--out", str(tmp_path), "--variety", "families", "--report-only"])
+    assert e.value.code == 2 and "another variety of demo data" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        accuracy.main(["flare", "--out", str(tmp_path / "f"), "--variety", "families", "--report-only"])
+    assert "only the classic variety" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        accuracy.main(["isic", "--out", str(tmp_path), "--merge", str(tmp_path / "none.csv")])
+    assert "no such runs.csv" in capsys.readouterr().err

@@ -4,16 +4,25 @@ The images imitate what makes ISIC 2018 Task 1 hard: lesions of every size, irre
 fuzzy borders and contrasts from strong to faint; internal structure (pigment network, dots);
 and distractors that are not lesions: freckles and dark skin patches, hairs crossing the image,
 uneven lighting, gel bubbles and the dark circular corners of a dermoscope.
+
+With ``families=True`` every image also belongs to one of a few acquisition families (:data:`FAMILIES`,
+drawn with unequal frequencies): a dermoscope's colour cast, a skin type, a lesion palette (pigmented
+or pink, amelanotic), a texture and a shape family (compact, lobed, elongated, with satellites). These
+are what flips, rotations, brightness, contrast, blur and noise cannot turn one labeled image into, so
+a few labeled images cover the rare families thinly, as on real multi-centre data; the unlabeled ones
+cover them all.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
 
 from monai_im.data.drawing import Blob, bezier, draw_curves, sigmoid, smooth_noise
 
-__all__ = ["isic_like_sample"]
+__all__ = ["FAMILIES", "Family", "isic_like_sample"]
 
 #: Skin tones (RGB in [0, 1]) from light to medium-dark.
 SKIN_TONES = (
@@ -26,15 +35,91 @@ LESION_COLOURS = (
 )
 
 
+#: Pink and red lesion colours of amelanotic lesions (little pigment, mostly vessels).
+PINK_COLOURS = np.array([[214, 132, 130], [196, 110, 118], [226, 156, 146]]) / 255.0
+
+
+@dataclass(frozen=True)
+class Family:
+    """An acquisition family of ISIC-like images.
+
+    Attributes:
+        name: a short name.
+        weight: relative frequency of the family in a dataset.
+        cast: 3 x 3 colour matrix applied to every RGB pixel (the dermoscope's white balance).
+        skin: range of skin-tone positions in :data:`SKIN_TONES` (0 light .. 4 medium-dark).
+        pink: pink, amelanotic lesions instead of pigmented ones.
+        shape: ``"classic"``, ``"compact"``, ``"lobed"``, ``"elongated"`` or ``"satellites"``.
+        texture: ``"classic"``, ``"homogeneous"`` (no network or dots) or ``"globules"`` (many dots).
+        hairs: hair density multiplier (0: none).
+    """
+
+    name: str
+    weight: float
+    cast: tuple[tuple[float, float, float], ...] = ((1, 0, 0), (0, 1, 0), (0, 0, 1))
+    skin: tuple[float, float] = (0.0, 4.0)
+    pink: bool = False
+    shape: str = "classic"
+    texture: str = "classic"
+    hairs: float = 1.0
+
+
+#: The families of ``isic_like_sample(..., families=True)``, from common to rare.
+FAMILIES = (
+    Family("standard", 0.30),
+    Family(
+        "polarised-blue",
+        0.20,
+        cast=((0.80, 0.05, 0.05), (0.02, 0.92, 0.10), (0.10, 0.18, 1.12)),
+        shape="lobed",
+        texture="homogeneous",
+    ),
+    Family(
+        "amelanotic",
+        0.15,
+        cast=((1.05, 0.0, 0.0), (0.0, 0.95, 0.0), (0.0, 0.0, 0.92)),
+        skin=(0.0, 2.0),
+        pink=True,
+        shape="compact",
+        texture="homogeneous",
+        hairs=0.3,
+    ),
+    Family(
+        "green-hairy",
+        0.14,
+        cast=((0.85, 0.12, 0.0), (0.05, 1.05, 0.05), (0.0, 0.10, 0.80)),
+        shape="elongated",
+        hairs=3.0,
+    ),
+    Family(
+        "dark-skin",
+        0.12,
+        cast=((1.0, 0.05, 0.0), (0.0, 0.95, 0.0), (0.0, 0.0, 0.85)),
+        skin=(3.0, 4.0),
+        shape="satellites",
+        texture="globules",
+    ),
+    Family(
+        "grey-faded",
+        0.09,
+        cast=((0.55, 0.35, 0.10), (0.30, 0.60, 0.10), (0.30, 0.35, 0.35)),
+        shape="lobed",
+        texture="globules",
+        hairs=0.5,
+    ),
+)
+CLASSIC = Family("classic", 1.0)
+
+
 def _composite(image: np.ndarray, colour: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     """Alpha-blend ``colour`` (``(3,)`` or ``(H, W, 3)``) over ``image`` with coverage ``alpha`` ``(H, W)``."""
     a = alpha[..., None]
     return image * (1.0 - a) + colour * a
 
 
-def _skin(rng: np.random.Generator, size: int) -> np.ndarray:
+def _skin(rng: np.random.Generator, size: int, tones: tuple[float, float] = (0.0, 4.0)) -> np.ndarray:
     """Skin: a tone with smooth low-frequency colour variation, reddish blotches and fine pores."""
-    i = rng.uniform(0, len(SKIN_TONES) - 1)
+    i = rng.uniform(*tones)
     lo = int(np.floor(i))
     base = SKIN_TONES[lo] * (1 - (i - lo)) + SKIN_TONES[min(lo + 1, len(SKIN_TONES) - 1)] * (i - lo)
     shape = (size, size)
@@ -74,8 +159,20 @@ def _distractors(rng: np.random.Generator, size: int, skin: np.ndarray) -> np.nd
     return skin
 
 
-def _lesion(rng: np.random.Generator, size: int) -> tuple[Blob, np.ndarray]:
-    """The lesion shape and its hard mask; sizes log-uniform from small to large, sometimes at the border."""
+#: (roughness range, harmonics, aspect range) of each lesion shape family
+_SHAPES = {
+    "classic": ((0.05, 0.35), 8, (1.0, 1.7)),
+    "compact": ((0.02, 0.08), 4, (1.0, 1.25)),
+    "lobed": ((0.6, 1.0), 4, (1.0, 1.4)),
+    "elongated": ((0.05, 0.25), 6, (2.2, 3.5)),
+    "satellites": ((0.05, 0.25), 6, (1.0, 1.5)),
+}
+
+
+def _lesion(rng: np.random.Generator, size: int, shape: str = "classic") -> tuple[Blob, np.ndarray]:
+    """The lesion shape and its radial field (< 1 inside); sizes log-uniform from small to large, sometimes
+    at the border. ``"satellites"`` adds a few small separate blobs next to the main one."""
+    roughness, harmonics, aspect = _SHAPES[shape]
     radius = size * float(np.exp(rng.uniform(np.log(0.06), np.log(0.42))))
     if rng.random() < 0.12:  # pushed towards a border, often touching it
         edge = rng.integers(0, 4)
@@ -84,29 +181,59 @@ def _lesion(rng: np.random.Generator, size: int) -> tuple[Blob, np.ndarray]:
     else:
         cy, cx = size / 2 + rng.normal(0, 0.1 * size, 2)
     blob = Blob.random(
-        rng, cy, cx, radius, roughness=rng.uniform(0.05, 0.35), harmonics=8, aspect=rng.uniform(1, 1.7)
+        rng,
+        cy,
+        cx,
+        radius,
+        roughness=rng.uniform(*roughness),
+        harmonics=harmonics,
+        aspect=rng.uniform(*aspect),
+        max_total=0.8 if shape == "lobed" else 0.6,
     )
     rho = blob.rho((slice(0, size), slice(0, size)))
+    if shape == "satellites":
+        yy, xx = np.meshgrid(
+            np.arange(size, dtype=np.float64), np.arange(size, dtype=np.float64), indexing="ij"
+        )
+        for _ in range(int(rng.integers(2, 6))):
+            angle, gap = rng.uniform(0, 2 * np.pi), rng.uniform(1.2, 1.8) * radius
+            sat = Blob.random(
+                rng,
+                cy + gap * np.sin(angle),
+                cx + gap * np.cos(angle),
+                max(1.5, radius * rng.uniform(0.12, 0.3)),
+                roughness=0.1,
+                harmonics=4,
+            )
+            rho = np.minimum(rho, sat.rho_at(yy, xx))
     # a little high-frequency wobble of the border on top of the harmonics
     rho = rho * (1.0 + rng.uniform(0.0, 0.06) * smooth_noise(rng, (size, size), max(1.0, radius / 6)))
     return blob, rho
 
 
 def _lesion_appearance(
-    rng: np.random.Generator, size: int, rho: np.ndarray, radius: float
+    rng: np.random.Generator, size: int, rho: np.ndarray, radius: float, family: Family = CLASSIC
 ) -> tuple[np.ndarray, np.ndarray]:
     """Colour ``(H, W, 3)`` and opacity ``(H, W)`` of the lesion: two-tone pigment, network, dots, fuzzy border."""
     shape = (size, size)
     inside = (rho < 1.0).astype(np.float64)
-    c1, c2 = LESION_COLOURS[rng.choice(len(LESION_COLOURS), 2, replace=False)]
+    palette = PINK_COLOURS if family.pink else LESION_COLOURS
+    c1, c2 = palette[rng.choice(len(palette), 2, replace=False)]
     mix = sigmoid(2.5 * smooth_noise(rng, shape, max(2.0, radius / rng.uniform(1, 3))) + rng.normal(0, 1.0))
     mix = np.clip(mix + rng.uniform(-0.5, 0.5) * (1.0 - np.clip(rho, 0, 1)), 0, 1)  # darker or lighter centre
     colour = c1 * (1 - mix[..., None]) + c2 * mix[..., None]
-    if rng.random() < 0.6:  # pigment network: thin dark lines along the zero crossings of a band-pass field
+    network = {"classic": 0.6, "homogeneous": 0.0, "globules": 0.3}[family.texture]
+    if (
+        rng.random() < network
+    ):  # pigment network: thin dark lines along the zero crossings of a band-pass field
         net = np.exp(-((smooth_noise(rng, shape, size * rng.uniform(0.015, 0.03)) / 0.25) ** 2))
         colour = colour * (1.0 - rng.uniform(0.15, 0.45) * net[..., None])
     dots = np.zeros(shape)
-    for _ in range(rng.poisson(6) if rng.random() < 0.5 else 0):
+    if family.texture == "classic":
+        n_dots = rng.poisson(6) if rng.random() < 0.5 else 0
+    else:
+        n_dots = rng.poisson(25) if family.texture == "globules" else 0
+    for _ in range(n_dots):
         ys, xs = np.nonzero(rho < 0.9)
         if ys.size:
             j = rng.integers(0, ys.size)
@@ -122,9 +249,9 @@ def _lesion_appearance(
     return colour, alpha
 
 
-def _hairs(rng: np.random.Generator, size: int) -> tuple[np.ndarray, float]:
+def _hairs(rng: np.random.Generator, size: int, density: float = 1.0) -> tuple[np.ndarray, float]:
     """Coverage of dark hairs (curved lines crossing the image) and their shade."""
-    n = 0 if rng.random() < 0.4 else int(rng.integers(1, 16))
+    n = 0 if rng.random() < 0.4 else int(round(density * rng.integers(1, 16)))
     curves, widths = [], []
     for _ in range(n):
         p0 = rng.uniform(-0.1, 1.1, 2) * size
@@ -159,25 +286,38 @@ def _lighting(rng: np.random.Generator, size: int) -> np.ndarray:
     return light
 
 
-def isic_like_sample(size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def draw_family(rng: np.random.Generator) -> Family:
+    """One of :data:`FAMILIES`, drawn with their weights."""
+    w = np.array([f.weight for f in FAMILIES])
+    return FAMILIES[int(rng.choice(len(FAMILIES), p=w / w.sum()))]
+
+
+def isic_like_sample(
+    size: int, rng: np.random.Generator, families: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """One ISIC-like image and its lesion mask.
 
     Args:
         size: side of the square image in pixels.
         rng: the random generator of this image.
+        families: draw the image's acquisition family first (:data:`FAMILIES`); ``False`` gives the
+            classic images, one family whose variety augmentation largely covers.
 
     Returns:
         ``(image, mask)``: ``image`` is ``(size, size, 3)`` uint8 RGB; ``mask`` is ``(size, size)``
         uint8 with 0 (skin) and 255 (lesion).
     """
-    image = _distractors(rng, size, _skin(rng, size))
-    blob, rho = _lesion(rng, size)
-    colour, alpha = _lesion_appearance(rng, size, rho, blob.radius)
+    family = draw_family(rng) if families else CLASSIC
+    image = _distractors(rng, size, _skin(rng, size, family.skin))
+    blob, rho = _lesion(rng, size, family.shape)
+    colour, alpha = _lesion_appearance(rng, size, rho, blob.radius, family)
     image = _composite(image, colour, alpha)
     image = image + 0.25 * _bubbles(rng, size)[..., None]
-    hair, shade = _hairs(rng, size)
+    hair, shade = _hairs(rng, size, family.hairs)
     image = _composite(image, np.array([shade, 0.8 * shade, 0.7 * shade]), rng.uniform(0.7, 1.0) * hair)
     image = image * _lighting(rng, size)[..., None]
+    if family is not CLASSIC:
+        image = image @ np.asarray(family.cast).T
     blur = rng.uniform(0.3, 0.9) * size / 256
     if blur > 0.3:
         image = ndimage.gaussian_filter(image, (blur, blur, 0))

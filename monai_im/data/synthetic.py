@@ -22,8 +22,9 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -55,13 +56,27 @@ Sampler = Callable[[int, np.random.Generator], tuple[np.ndarray, np.ndarray]]
 
 @dataclass(frozen=True)
 class DemoKind:
-    """A kind of synthetic dataset: how to draw one sample and how to describe the result."""
+    """A kind of synthetic dataset: how to draw one sample and how to describe the result.
+
+    ``variants`` names other samplers of the same kind (e.g. ``"families"``: images from several
+    acquisition families); ``"classic"`` is always ``sample``.
+    """
 
     name: str
     sample: Sampler
     description: str
     image_channels: int
     label_channels: tuple[str, ...]
+    variants: Mapping[str, Sampler] = field(default_factory=dict)
+
+    def sampler(self, variety: str = "classic") -> Sampler:
+        """The sampler of ``variety``; a one-line error naming the choices for an unknown one."""
+        samplers = {"classic": self.sample, **self.variants}
+        if variety not in samplers:
+            raise ValueError(
+                f"the {self.name} demo data has no variety {variety!r}; choose one of {sorted(samplers)}"
+            )
+        return samplers[variety]
 
 
 DEMO_KINDS: dict[str, DemoKind] = {
@@ -71,6 +86,7 @@ DEMO_KINDS: dict[str, DemoKind] = {
         "ISIC 2018-like dermoscopy images (RGB) with binary lesion masks (0/255)",
         3,
         ("lesion",),
+        {"families": partial(isic_like_sample, families=True)},
     ),
     "hela": DemoKind(
         "hela_like",
@@ -106,6 +122,7 @@ def make_demo_dataset(
     seed: int = 0,
     overwrite: bool = False,
     progress: bool = True,
+    variety: str = "classic",
 ) -> Path:
     """Write a synthetic dataset of the given kind (``"isic"`` or ``"hela"``) to ``out_dir``.
 
@@ -120,6 +137,9 @@ def make_demo_dataset(
         seed: seed of the images and of the split.
         overwrite: replace an existing ``out_dir``; otherwise an existing one is an error.
         progress: show a progress bar.
+        variety: ``"classic"``, or another of the kind's :attr:`DemoKind.variants` (ISIC-like:
+            ``"families"``, images from several acquisition families that augmentation cannot turn
+            into one another, see :data:`monai_im.data.isic_like.FAMILIES`).
 
     Returns:
         The dataset folder.
@@ -130,6 +150,7 @@ def make_demo_dataset(
     if not 0.0 < labeled_fraction <= 1.0:
         raise ValueError(f"labeled_fraction must be in (0, 1], got {labeled_fraction}")
     spec = DEMO_KINDS[kind]
+    sample = spec.sampler(variety)
     out_dir = Path(out_dir)
     counts = {"train": num_train, "validation": num_val, "test": num_test}
     entries: dict[str, list[dict[str, str]]] = {split: [] for split in counts}
@@ -141,7 +162,7 @@ def make_demo_dataset(
         ) as bar:
             for split, prefix in _SPLITS:
                 for index in range(counts[split]):
-                    image, label = spec.sample(size, image_rng(seed, split, index))
+                    image, label = sample(size, image_rng(seed, split, index))
                     name = f"{prefix}_{index:04d}.png"
                     save_png(tmp / "images" / name, image, channel_first=False, reverse_indexing=False)
                     save_png(tmp / "labels" / name, label, channel_first=False, reverse_indexing=False)
@@ -156,7 +177,8 @@ def make_demo_dataset(
         }
         write_datalist(tmp / "datalist.json", datalist)
         atomic_write_json(
-            tmp / "dataset.json", _description(spec, kind, size, seed, labeled_fraction, datalist)
+            tmp / "dataset.json",
+            {**_description(spec, kind, size, seed, labeled_fraction, datalist), "variety": variety},
         )
     logger.info(
         "wrote %s to %s: %d labeled, %d unlabeled, %d validation, %d test images of %dx%d",
@@ -341,6 +363,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("kind", choices=sorted(DEMO_KINDS), help="which dataset to imitate")
     dataset_arguments(parser, "images", num_train=200, num_val=20, num_test=40, labeled_fraction=0.1)
     parser.add_argument("--size", type=int, default=256, help="image side in pixels (default: %(default)s)")
+    parser.add_argument(
+        "--variety",
+        default="classic",
+        help="'classic', or 'families' (ISIC-like only): every image from one of several acquisition "
+        "families (colour cast, skin type, pigmented or pink lesions, texture, shape) that augmentation "
+        "cannot turn into one another (default: %(default)s)",
+    )
     return parser
 
 
@@ -348,7 +377,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
     args = _parser().parse_args(argv)
     return run_dataset_command(
-        lambda: make_demo_dataset(args.kind, args.out_dir, size=args.size, **dataset_options(args)),
+        lambda: make_demo_dataset(
+            args.kind, args.out_dir, size=args.size, variety=args.variety, **dataset_options(args)
+        ),
         f"{DEMO_KINDS[args.kind].name} images",
     )
 

@@ -127,6 +127,80 @@ def test_isic_lesion_differs_from_skin():
     assert image[lesion].mean() < image[around].mean()  # lesions are darker than the skin around them
 
 
+def _family_sample(monkeypatch, family, index: int, size: int = 96):
+    """An image of one family: the family draw is replaced, the rest of the generator runs as it is."""
+    from monai_im.data import isic_like
+
+    monkeypatch.setattr(isic_like, "draw_family", lambda rng: family)
+    return isic_like_sample(size, image_rng(1, "test", index), families=True)
+
+
+def test_isic_families_are_drawn_with_their_weights_and_differ_from_the_classic_images():
+    from monai_im.data.isic_like import FAMILIES, draw_family
+
+    rng = np.random.default_rng(0)
+    names = [draw_family(rng).name for _ in range(4000)]
+    weights = np.array([f.weight for f in FAMILIES]) / sum(f.weight for f in FAMILIES)
+    seen = np.array([names.count(f.name) for f in FAMILIES]) / len(names)
+    np.testing.assert_allclose(seen, weights, atol=0.025)
+    classic, _ = isic_like_sample(64, image_rng(0, "train", 1))
+    again, _ = isic_like_sample(64, image_rng(0, "train", 1), families=False)
+    varied, mask = isic_like_sample(64, image_rng(0, "train", 1), families=True)
+    assert np.array_equal(classic, again) and not np.array_equal(classic, varied)
+    assert mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 255}
+
+
+def test_isic_family_appearance_is_what_augmentation_cannot_make(monkeypatch):
+    from monai_im.data.isic_like import FAMILIES
+
+    by_name = {f.name: f for f in FAMILIES}
+
+    def lesion_redness(family):  # red minus green inside the lesion, less the same on the skin around it
+        out = []
+        for i in range(6):
+            image, mask = _family_sample(monkeypatch, family, i)
+            lesion = mask > 0
+            around = ndimage.binary_dilation(lesion, iterations=6) & ~ndimage.binary_dilation(
+                lesion, iterations=2
+            )
+            rg = image[..., 0].astype(float) - image[..., 1]
+            out.append(rg[lesion].mean() - rg[around].mean())
+        return np.mean(out)
+
+    assert lesion_redness(by_name["amelanotic"]) > lesion_redness(by_name["standard"]) + 5
+    # a colour cast changes the channel balance of the whole image (brightness/contrast changes cannot)
+    blue = np.mean(
+        [_family_sample(monkeypatch, by_name["polarised-blue"], i)[0].mean((0, 1)) for i in range(6)], 0
+    )
+    green = np.mean(
+        [_family_sample(monkeypatch, by_name["green-hairy"], i)[0].mean((0, 1)) for i in range(6)], 0
+    )
+    assert blue[2] > blue[0] and green[1] > green[2] + 20
+    # satellites: the lesion mask has separate parts; elongated lesions are long and thin
+    parts = [ndimage.label(_family_sample(monkeypatch, by_name["dark-skin"], i)[1] > 0)[1] for i in range(6)]
+    assert max(parts) >= 2 and np.mean(parts) > 1.5
+
+    def elongation(mask):
+        ys, xs = np.nonzero(mask > 0)
+        ev = np.linalg.eigvalsh(np.cov(np.stack([ys, xs])))
+        return float(np.sqrt(ev[1] / max(ev[0], 1e-6)))
+
+    long_ = [elongation(_family_sample(monkeypatch, by_name["green-hairy"], i)[1]) for i in range(6)]
+    compact = [elongation(_family_sample(monkeypatch, by_name["amelanotic"], i)[1]) for i in range(6)]
+    assert np.median(long_) > 1.3 * np.median(compact)
+
+
+def test_variety_is_recorded_and_an_unknown_one_is_refused_before_writing(tmp_path):
+    out = make_isic_like_dataset(tmp_path / "fam", size=32, seed=0, **SMALL)
+    assert json.loads((out / "dataset.json").read_text())["variety"] == "classic"
+    fam = make_demo_dataset("isic", tmp_path / "fam2", size=32, seed=0, variety="families", **SMALL)
+    assert json.loads((fam / "dataset.json").read_text())["variety"] == "families"
+    assert _files(fam / "images") != _files(out / "images")
+    with pytest.raises(ValueError, match=r"no variety 'families'; choose one of \['classic'\]"):
+        make_demo_dataset("hela", tmp_path / "h", size=32, variety="families", **SMALL)
+    assert not (tmp_path / "h").exists()
+
+
 def test_hela_images_and_masks(hela_dir):
     for path in sorted((hela_dir / "labels").glob("*.png")):
         with Image.open(hela_dir / "images" / path.name) as im:
