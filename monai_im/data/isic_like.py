@@ -6,11 +6,11 @@ and distractors that are not lesions: freckles and dark skin patches, hairs cros
 uneven lighting, gel bubbles and the dark circular corners of a dermoscope.
 
 With ``families=True`` every image also belongs to one of a few acquisition families (:data:`FAMILIES`,
-drawn with unequal frequencies): a dermoscope's colour cast, a skin type, a lesion palette (pigmented
-or pink, amelanotic), a texture and a shape family (compact, lobed, elongated, with satellites). These
-are what flips, rotations, brightness, contrast, blur and noise cannot turn one labeled image into, so
-a few labeled images cover the rare families thinly, as on real multi-centre data; the unlabeled ones
-cover them all.
+drawn with unequal frequencies, from common to rare): a dermoscope's colour cast, a skin type, a lesion
+palette (pigmented, pink amelanotic or light hypopigmented), the number of freckles, a texture and a
+shape family (compact, lobed, elongated, with satellites). Flips, rotations, brightness, contrast,
+blur and noise cannot turn one family into another, so a few labeled images cover the rare families
+thinly, as on real multi-centre data, while the unlabeled ones cover them all.
 """
 
 from __future__ import annotations
@@ -37,6 +37,9 @@ LESION_COLOURS = (
 
 #: Pink and red lesion colours of amelanotic lesions (little pigment, mostly vessels).
 PINK_COLOURS = np.array([[214, 132, 130], [196, 110, 118], [226, 156, 146]]) / 255.0
+#: Whitish colours of hypopigmented lesions and regression areas (lighter than the skin around them).
+LIGHT_COLOURS = np.array([[240, 222, 212], [232, 214, 206], [246, 232, 222]]) / 255.0
+PALETTES = {"pigmented": LESION_COLOURS, "pink": PINK_COLOURS, "light": LIGHT_COLOURS}
 
 
 @dataclass(frozen=True)
@@ -48,52 +51,55 @@ class Family:
         weight: relative frequency of the family in a dataset.
         cast: 3 x 3 colour matrix applied to every RGB pixel (the dermoscope's white balance).
         skin: range of skin-tone positions in :data:`SKIN_TONES` (0 light .. 4 medium-dark).
-        pink: pink, amelanotic lesions instead of pigmented ones.
+        palette: lesion colours, a key of :data:`PALETTES`: ``"pigmented"``, ``"pink"`` (amelanotic)
+            or ``"light"`` (hypopigmented, lighter than the skin).
         shape: ``"classic"``, ``"compact"``, ``"lobed"``, ``"elongated"`` or ``"satellites"``.
         texture: ``"classic"``, ``"homogeneous"`` (no network or dots) or ``"globules"`` (many dots).
         hairs: hair density multiplier (0: none).
+        freckles: multiplier of the number of freckles (dark pigment that is not the lesion).
     """
 
     name: str
     weight: float
     cast: tuple[tuple[float, float, float], ...] = ((1, 0, 0), (0, 1, 0), (0, 0, 1))
     skin: tuple[float, float] = (0.0, 4.0)
-    pink: bool = False
+    palette: str = "pigmented"
     shape: str = "classic"
     texture: str = "classic"
     hairs: float = 1.0
+    freckles: float = 1.0
 
 
 #: The families of ``isic_like_sample(..., families=True)``, from common to rare.
 FAMILIES = (
-    Family("standard", 0.30),
+    Family("standard", 0.34),
     Family(
         "polarised-blue",
-        0.20,
+        0.18,
         cast=((0.80, 0.05, 0.05), (0.02, 0.92, 0.10), (0.10, 0.18, 1.12)),
         shape="lobed",
         texture="homogeneous",
     ),
     Family(
         "amelanotic",
-        0.15,
+        0.12,
         cast=((1.05, 0.0, 0.0), (0.0, 0.95, 0.0), (0.0, 0.0, 0.92)),
         skin=(0.0, 2.0),
-        pink=True,
+        palette="pink",
         shape="compact",
         texture="homogeneous",
         hairs=0.3,
     ),
     Family(
         "green-hairy",
-        0.14,
+        0.10,
         cast=((0.85, 0.12, 0.0), (0.05, 1.05, 0.05), (0.0, 0.10, 0.80)),
         shape="elongated",
         hairs=3.0,
     ),
     Family(
         "dark-skin",
-        0.12,
+        0.08,
         cast=((1.0, 0.05, 0.0), (0.0, 0.95, 0.0), (0.0, 0.0, 0.85)),
         skin=(3.0, 4.0),
         shape="satellites",
@@ -101,11 +107,29 @@ FAMILIES = (
     ),
     Family(
         "grey-faded",
-        0.09,
+        0.07,
         cast=((0.55, 0.35, 0.10), (0.30, 0.60, 0.10), (0.30, 0.35, 0.35)),
         shape="lobed",
         texture="globules",
         hairs=0.5,
+    ),
+    Family(
+        "hypopigmented",
+        0.06,
+        cast=((1.0, 0.0, 0.0), (0.02, 0.96, 0.0), (0.0, 0.04, 0.9)),
+        skin=(2.0, 4.0),
+        palette="light",
+        texture="homogeneous",
+        freckles=4.0,
+    ),
+    Family(
+        "vascular-freckled",
+        0.05,
+        cast=((0.95, 0.0, 0.08), (0.0, 0.9, 0.1), (0.04, 0.0, 1.05)),
+        skin=(0.0, 1.5),
+        palette="pink",
+        shape="lobed",
+        freckles=5.0,
     ),
 )
 CLASSIC = Family("classic", 1.0)
@@ -144,9 +168,9 @@ def _soft_blob(
     return ndimage.gaussian_filter(out, blur) if blur > 0.3 else out
 
 
-def _distractors(rng: np.random.Generator, size: int, skin: np.ndarray) -> np.ndarray:
+def _distractors(rng: np.random.Generator, size: int, skin: np.ndarray, freckles: float = 1.0) -> np.ndarray:
     """Freckles and large faint dark patches: pigment that is not a lesion."""
-    for _ in range(rng.poisson(rng.uniform(0.5, 6.0))):
+    for _ in range(rng.poisson(freckles * rng.uniform(0.5, 6.0))):
         alpha = _soft_blob(
             rng, size, *rng.uniform(0, size, 2), size * rng.uniform(0.008, 0.035), 0.2, size * 0.004
         )
@@ -217,7 +241,7 @@ def _lesion_appearance(
     """Colour ``(H, W, 3)`` and opacity ``(H, W)`` of the lesion: two-tone pigment, network, dots, fuzzy border."""
     shape = (size, size)
     inside = (rho < 1.0).astype(np.float64)
-    palette = PINK_COLOURS if family.pink else LESION_COLOURS
+    palette = PALETTES[family.palette]
     c1, c2 = palette[rng.choice(len(palette), 2, replace=False)]
     mix = sigmoid(2.5 * smooth_noise(rng, shape, max(2.0, radius / rng.uniform(1, 3))) + rng.normal(0, 1.0))
     mix = np.clip(mix + rng.uniform(-0.5, 0.5) * (1.0 - np.clip(rho, 0, 1)), 0, 1)  # darker or lighter centre
@@ -308,7 +332,7 @@ def isic_like_sample(
         uint8 with 0 (skin) and 255 (lesion).
     """
     family = draw_family(rng) if families else CLASSIC
-    image = _distractors(rng, size, _skin(rng, size, family.skin))
+    image = _distractors(rng, size, _skin(rng, size, family.skin), family.freckles)
     blob, rho = _lesion(rng, size, family.shape)
     colour, alpha = _lesion_appearance(rng, size, rho, blob.radius, family)
     image = _composite(image, colour, alpha)
