@@ -281,8 +281,8 @@ def ensure_dataset(root: str | os.PathLike, make: Callable[..., Any], **kwargs: 
 def ensure_demo_dataset(kind: str, root: str | os.PathLike, **kwargs: Any) -> str:
     """Return ``root``, creating a demo dataset there first if it has no ``datalist.json``.
 
-    An existing dataset is reused as it is (``kwargs`` are not compared with it), which lets a bundle
-    config call this on every run: ``"$monai_im.data.ensure_demo_dataset('isic', @dataset_dir, size=64)"``.
+    An existing dataset is reused as it is (``kwargs`` are not compared with it, except ``variety``: a
+    folder holding another variety is refused), which lets a bundle config call this on every run: ``"$monai_im.data.ensure_demo_dataset('isic', @dataset_dir, size=64)"``.
 
     Args:
         kind: ``"isic"`` or ``"hela"``.
@@ -291,6 +291,15 @@ def ensure_demo_dataset(kind: str, root: str | os.PathLike, **kwargs: Any) -> st
     """
     if kind not in DEMO_KINDS:
         raise ValueError(f"unknown demo dataset kind {kind!r}; choose one of {sorted(DEMO_KINDS)}")
+    made = Path(root) / "dataset.json"
+    wanted = kwargs.get("variety", "classic")
+    if (Path(root) / "datalist.json").is_file() and made.is_file():
+        held = load_json(made).get("variety", "classic")
+        if held != wanted:  # reusing it would silently train on other data than asked for
+            raise ValueError(
+                f"{root} holds the {held!r} variety of the demo data, not {wanted!r}; "
+                "point dataset_dir at another folder"
+            )
     return ensure_dataset(root, lambda path, **kw: make_demo_dataset(kind, path, **kw), **kwargs)
 
 

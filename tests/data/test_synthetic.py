@@ -196,6 +196,11 @@ def test_variety_is_recorded_and_an_unknown_one_is_refused_before_writing(tmp_pa
     fam = make_demo_dataset("isic", tmp_path / "fam2", size=32, seed=0, variety="families", **SMALL)
     assert json.loads((fam / "dataset.json").read_text())["variety"] == "families"
     assert _files(fam / "images") != _files(out / "images")
+    assert ensure_demo_dataset("isic", fam, variety="families") == str(fam)  # reused
+    with pytest.raises(ValueError, match="holds the 'classic' variety of the demo data, not 'families'"):
+        ensure_demo_dataset("isic", out, variety="families")
+    with pytest.raises(ValueError, match="holds the 'families' variety"):
+        ensure_demo_dataset("isic", fam, size=32)
     with pytest.raises(ValueError, match=r"no variety 'families'; choose one of \['classic'\]"):
         make_demo_dataset("hela", tmp_path / "h", size=32, variety="families", **SMALL)
     assert not (tmp_path / "h").exists()
