@@ -282,7 +282,8 @@ def ensure_demo_dataset(kind: str, root: str | os.PathLike, **kwargs: Any) -> st
     """Return ``root``, creating a demo dataset there first if it has no ``datalist.json``.
 
     An existing dataset is reused as it is (``kwargs`` are not compared with it, except ``variety``: a
-    folder holding another variety is refused), which lets a bundle config call this on every run: ``"$monai_im.data.ensure_demo_dataset('isic', @dataset_dir, size=64)"``.
+    folder holding another variety is refused), which lets a bundle config call this on every run:
+    ``"$monai_im.data.ensure_demo_dataset('isic', @dataset_dir, size=64)"``.
 
     Args:
         kind: ``"isic"`` or ``"hela"``.
