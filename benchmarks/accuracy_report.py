@@ -211,6 +211,8 @@ def write_report(
     from monai_im.visualize import plot_metric_over_generations
 
     key, higher = KEY[args.dataset]
+    variety = getattr(args, "variety", "classic")
+    data = f"{args.dataset}-like demo" + ("" if variety == "classic" else f" ({variety})")
     rows = collect(args.out, methods, args.seeds, slug)
     rows = merge_rows(rows, list(getattr(args, "merge", None) or []), methods, args.seeds)
     table = sorted(summarise(rows, key), key=lambda t: (methods.index(t["method"]), t["generation"]))
@@ -255,19 +257,19 @@ def write_report(
             args.out / f"{key}_over_generations.png",
             key,
             higher_is_better=higher,
-            title=f"{args.dataset}-like demo: {key} over generations ({len(args.seeds)} seeds)",
+            title=f"{data}: {key} over generations ({len(args.seeds)} seeds)",
             references=refs,
         )
 
     paper = PAPER.get(args.dataset)
-    md = [f"# Accuracy study: {args.dataset}-like demo data", ""]
+    md = [f"# Accuracy study: {data} data", ""]
     md.append(
         f"{len(args.seeds)} seeds ({', '.join(map(str, args.seeds))}); {args.num_train} training "
         + (
             "CT-like volumes (64 x 64 x 48, 25% labeled, mean Dice over 13 organs)"
             if args.dataset == "flare"
             else f"images ({args.size}x{args.size}, 10% labeled"
-            + (f", {args.variety} variety" if getattr(args, "variety", "classic") != "classic" else "")
+            + ("" if variety == "classic" else f", {variety} variety")
             + ")"
         )
         + f", {args.num_val} validation, {args.num_test} test; "
