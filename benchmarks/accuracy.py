@@ -329,10 +329,11 @@ def main(argv: list[str] | None = None) -> int:
     for f in args.merge:
         if not f.is_file():
             p.error(f"--merge: no such runs.csv: {f}")
-    made = args.out / "data" / "dataset.json"
-    if made.is_file() and json.loads(made.read_text()).get("variety", "classic") != args.variety:
+    from monai_im.data.synthetic import dataset_variety
+
+    if dataset_variety(args.out / "data") not in (None, args.variety):
         p.error(
-            f"{made.parent} holds another variety of demo data than --variety {args.variety}; use a new --out"
+            f"{args.out / 'data'} holds another variety of demo data than --variety {args.variety}; use a new --out"
         )
     if args.dataset == "flare" and args.variety != "classic":
         p.error("--variety: the flare-like volumes have only the classic variety")

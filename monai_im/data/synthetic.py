@@ -278,6 +278,13 @@ def ensure_dataset(root: str | os.PathLike, make: Callable[..., Any], **kwargs: 
     return str(root)
 
 
+def dataset_variety(root: str | os.PathLike) -> str | None:
+    """The variety of the demo dataset in ``root`` (``"classic"`` when its dataset.json names none);
+    ``None`` when ``root`` holds no dataset.json."""
+    made = Path(root) / "dataset.json"
+    return load_json(made).get("variety", "classic") if made.is_file() else None
+
+
 def ensure_demo_dataset(kind: str, root: str | os.PathLike, **kwargs: Any) -> str:
     """Return ``root``, creating a demo dataset there first if it has no ``datalist.json``.
 
@@ -292,10 +299,9 @@ def ensure_demo_dataset(kind: str, root: str | os.PathLike, **kwargs: Any) -> st
     """
     if kind not in DEMO_KINDS:
         raise ValueError(f"unknown demo dataset kind {kind!r}; choose one of {sorted(DEMO_KINDS)}")
-    made = Path(root) / "dataset.json"
     wanted = kwargs.get("variety", "classic")
-    if (Path(root) / "datalist.json").is_file() and made.is_file():
-        held = load_json(made).get("variety", "classic")
+    held = dataset_variety(root)
+    if held is not None and (Path(root) / "datalist.json").is_file():
         if held != wanted:  # reusing it would silently train on other data than asked for
             raise ValueError(
                 f"{root} holds the {held!r} variety of the demo data, not {wanted!r}; "
