@@ -5,7 +5,9 @@ store; the summary (tables, gap closure, plot) is written to ``--out`` and logge
 of its own. Generation 0 of a study *is* labeled-only training, so for each seed the IM study with
 three teachers runs first and its finished generation 0 is copied into the LDT and IM (n = 2) output
 folders; those studies then resume from it (the bundle skips finished generations), which saves a
-third of the work and gives every method of a seed the very same starting students.
+third of the work and gives every method of a seed the very same starting students. A source that
+is not among ``--methods`` (e.g. ``--methods "IM+ (n=2)"`` alone) runs its generation 0 only, under
+``<out>/sources/``, and is left out of the report.
 
 Example (one dataset, about 40 minutes on 2 CPU cores)::
 
@@ -106,6 +108,15 @@ def run_dir(out: Path, label: str, seed: int) -> Path:
     return out / "runs" / slug(label) / f"seed{seed}"
 
 
+def study_dir(args: argparse.Namespace, label: str, seed: int) -> Path:
+    """Where the study of (``label``, ``seed``) lives: a generation-0 source that was not asked for
+    (only there for the methods that reuse it) runs its generation 0 alone, under ``sources/``, so it
+    never enters the report nor replaces a published row of that method."""
+    if label in getattr(args, "source_only", ()):
+        return args.out / "sources" / slug(label) / f"seed{seed}"
+    return run_dir(args.out, label, seed)
+
+
 def copy_generation_0(src: Path, dst: Path, label: str) -> None:
     """Give ``dst`` the finished generation 0 of ``src`` (paths inside the JSON files rewritten)."""
     target = dst / "generation_0"
@@ -164,7 +175,14 @@ def study_overrides(
     }
 
 
-def bundle_command(args: argparse.Namespace, label: str, seed: int) -> list[str]:
+def bundle_command(
+    args: argparse.Namespace,
+    label: str,
+    seed: int,
+    *,
+    output_dir: Path | None = None,
+    generations: int | None = None,
+) -> list[str]:
     bundle = BUNDLES[args.dataset]
     configs = f"['bundles/{bundle}/configs/train.json','bundles/{bundle}/configs/demo.json']"
     overrides = {
@@ -173,11 +191,13 @@ def bundle_command(args: argparse.Namespace, label: str, seed: int) -> list[str]
             args,
             seed=seed,
             dataset_dir=args.out / "data",
-            output_dir=run_dir(args.out, label, seed),
+            output_dir=output_dir or run_dir(args.out, label, seed),
             experiment=f"{args.dataset}_accuracy",
             run_name=f"{label} seed {seed}",
         ),
     }
+    if generations is not None:
+        overrides["num_generations"] = generations
     if args.dataset != "flare":  # the 3D demo keeps its own volume and patch sizes
         overrides.update({"demo_image_size": args.size, "image_size": [args.size, args.size]})
     if args.alpha is not None:
@@ -207,25 +227,30 @@ def finished(out: Path, generations: int, expect: dict | None = None) -> bool:
 
 
 def run_one(args: argparse.Namespace, label: str, seed: int) -> float:
-    out = run_dir(args.out, label, seed)
+    out = study_dir(args, label, seed)
+    generations = 0 if label in getattr(args, "source_only", ()) else args.generations
     expect = {
         "students": args.students,
         "epochs": args.epochs,
         "min_steps": args.min_steps,
         "batch_size": args.batch_size,
     }
-    if finished(out, args.generations, expect):
+    if finished(out, generations, expect):
         return 0.0
     out.mkdir(parents=True, exist_ok=True)
     if label in GENERATION_0_FROM:
-        copy_generation_0(run_dir(args.out, GENERATION_0_FROM[label], seed), out, label)
+        copy_generation_0(study_dir(args, GENERATION_0_FROM[label], seed), out, label)
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     start = time.time()
     log = args.out / "logs" / f"{slug(label)}_seed{seed}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as f:
         proc = subprocess.run(
-            bundle_command(args, label, seed), cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT
+            bundle_command(args, label, seed, output_dir=out, generations=generations),
+            cwd=REPO,
+            env=env,
+            stdout=f,
+            stderr=subprocess.STDOUT,
         )
     if proc.returncode != 0:
         raise RuntimeError(f"{label} seed {seed} failed; see {log}")
@@ -247,7 +272,7 @@ def ready(args: argparse.Namespace, label: str, seed: int) -> bool:
     """Whether a study can start: those that reuse generation 0 wait for it to be finished."""
     if label not in GENERATION_0_FROM:
         return True
-    return (run_dir(args.out, GENERATION_0_FROM[label], seed) / "generation_0" / "summary.json").is_file()
+    return (study_dir(args, GENERATION_0_FROM[label], seed) / "generation_0" / "summary.json").is_file()
 
 
 def run_all(args: argparse.Namespace, methods: list[str]) -> None:
@@ -343,9 +368,10 @@ def main(argv: list[str] | None = None) -> int:
     args.out = args.out.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
     methods = [m for m in ALL_METHODS if m in args.methods]
-    for source in {GENERATION_0_FROM[m] for m in methods if m in GENERATION_0_FROM}:
-        if source not in methods:
-            methods.insert(0, source)
+    # the generation-0 sources that were not asked for run their generation 0 alone, under sources/
+    args.source_only = sorted(
+        {GENERATION_0_FROM[m] for m in methods if m in GENERATION_0_FROM} - set(methods)
+    )
     start = time.time()
     if not args.report_only:
         from monai_im.data import ensure_demo_dataset, ensure_flare_like_dataset
@@ -364,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
                 variety=args.variety,
             )
         init_store(args)
-        run_all(args, methods)
+        run_all(args, args.source_only + methods)
     timing = args.out / "timing.json"
     if not args.report_only:
         # the wall clock of this run, kept for --report-only (a rerun that skips finished studies is shorter)

@@ -250,3 +250,37 @@ def test_accuracy_refuses_an_output_folder_holding_another_variety_of_data(scrip
     with pytest.raises(SystemExit):
         accuracy.main(["isic", "--out", str(tmp_path), "--merge", str(tmp_path / "none.csv")])
     assert "no such runs.csv" in capsys.readouterr().err
+
+
+def test_accuracy_source_not_asked_for_runs_generation_zero_alone_outside_the_report(accuracy, tmp_path):
+    args = type("Args", (), {"out": tmp_path, "source_only": ["IM (n=3)"]})()
+    source = accuracy.study_dir(args, "IM (n=3)", 1)
+    assert source == tmp_path / "sources" / "im_n3" / "seed1"
+    assert accuracy.study_dir(args, "IM (n=2)", 1) == accuracy.run_dir(tmp_path, "IM (n=2)", 1)
+    assert not accuracy.ready(args, "IM (n=2)", 1)
+    (source / "generation_0").mkdir(parents=True)
+    (source / "generation_0" / "summary.json").write_text("{}")
+    assert accuracy.ready(args, "IM (n=2)", 1)
+    full = type("Args", (), {"out": tmp_path})()
+    assert not accuracy.ready(full, "IM (n=2)", 1)  # asked for, the source is the reported study
+
+    cli = type(
+        "Args",
+        (),
+        {
+            **{k: None for k in ("students", "epochs", "min_steps", "batch_size")},
+            "out": tmp_path,
+            "dataset": "isic",
+            "generations": 2,
+            "num_train": 8,
+            "num_val": 4,
+            "num_test": 4,
+            "size": 32,
+            "alpha": None,
+        },
+    )()
+    cmd = accuracy.bundle_command(cli, "IM (n=3)", 1, output_dir=source, generations=0)
+    assert cmd[cmd.index("--num_generations") + 1] == "0"
+    assert cmd[cmd.index("--output_dir") + 1] == str(source)
+    cmd = accuracy.bundle_command(cli, "IM (n=2)", 1)
+    assert cmd[cmd.index("--num_generations") + 1] == "2"
