@@ -219,7 +219,10 @@ def run_pseudo_benchmark(
     teacher_seconds = time.perf_counter() - start
     unlabeled = [{"image": it["image"]} for it in items]
     cached = {it["image"]: d["image"] for it, d in zip(items, data)}
-    batches = to_batches(data, "image", BATCH)
+    # the bare passes get their batches in the teachers' memory format already, as the pseudo-labeller's
+    # reading thread hands them over (else each teacher would convert every batch inside its forward)
+    layout = PseudoLabeler(InconsistencyMaskStrategy(), progress=False).run_settings.to_memory_format
+    batches = [layout(b) for b in to_batches(data, "image", BATCH)]
     transform = image_segmentation_transforms((size, size), num_channels=3)
     from_memory = FromMemory(cached)
     work = Path(tempfile.mkdtemp(prefix="pl_speed_"))

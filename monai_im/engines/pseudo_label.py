@@ -408,16 +408,26 @@ class PseudoLabeler:
         files = PseudoLabelFormat(self.strategy.mode, self.label_scale, self.compress_level)
         for sub in self._subfolders():
             (tmp / sub).mkdir()
-        # Three stages overlap: a thread reads and preprocesses the next batches (``prefetch``; without
-        # worker processes), this thread runs the teachers, and one more thread turns the previous
-        # batch's probabilities into pseudo-labels, IM, statistics and queued files (``_post``), so
-        # that on a CPU the teachers' forward passes are nearly all the main thread does. One batch at
+        # Three stages overlap: a thread reads and preprocesses the next batches and puts them in the
+        # teachers' memory format (``prefetch``; without worker processes), this thread runs the
+        # teachers, and one more thread turns the previous batch's probabilities into pseudo-labels,
+        # IM, statistics and queued files (``_post``), so that on a CPU the teachers' forward passes
+        # are nearly all the main thread does. One batch at
         # most waits for its post-processing: memory stays that of two batches.
         with (
             ThreadPoolExecutor(max_workers=2, thread_name_prefix="pseudo-label-write") as writers,
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="pseudo-label-post") as post,
         ):
-            batches = prefetch(loader) if self.num_workers == 0 else loader
+
+            def ready(batch: Mapping[str, Any]) -> tuple[Mapping[str, Any], np.ndarray | None, torch.Tensor]:
+                # in the reading thread: the batch as the teachers take it (device, memory format;
+                # converted once for all teachers), so the main thread only runs the forward passes
+                images = convert_to_tensor(batch["image"], track_meta=False).to(self.device)
+                return batch, _affines(batch["image"]), self.run_settings.to_memory_format(images)
+
+            batches = map(ready, loader)
+            if self.num_workers == 0:
+                batches = prefetch(batches)
             bar = progress_bar(
                 batches,
                 desc=description,
@@ -428,11 +438,7 @@ class PseudoLabeler:
             )
             run = _Pass(writers, files, tmp, uids, items_in, bar, draw_figure and self.num_figure_images > 0)
             previous: Future | None = None
-            for batch in bar:
-                affines = _affines(batch["image"])  # volumes: where each preprocessed volume lies
-                images = convert_to_tensor(batch["image"], track_meta=False).to(self.device)
-                # once for all teachers (each prepared teacher would convert the batch again)
-                images = self.run_settings.to_memory_format(images)
+            for batch, affines, images in bar:  # affines: where each preprocessed volume lies
                 logits = self.strategy.predict(teachers, images, self.inferer)
                 truth = batch.get("label") if self.strategy.mode != "multiclass" else None
                 if previous is not None:

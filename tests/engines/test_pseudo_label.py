@@ -213,3 +213,41 @@ def test_compress_level_changes_file_size_not_content(setup, tmp_path):
 def test_bad_compress_level_is_refused(level):
     with pytest.raises(ValueError, match="compress_level"):
         PseudoLabeler(InconsistencyMaskStrategy(), compress_level=level)
+
+
+def test_reading_thread_hands_the_teachers_batches_in_their_memory_format(setup, tmp_path):
+    """The one memory-format conversion of a batch happens while reading, not between the forward passes
+    (the main thread of a CPU run does little but the teachers' work)."""
+    import threading
+
+    from monai_im.engines.acceleration import RunSettings
+
+    items, _, _ = setup
+    transform = image_segmentation_transforms((16, 16), num_channels=3)  # one channel needs no conversion
+    seen: list[tuple[str, bool]] = []
+
+    class Recorder(ThresholdTeacher):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append((threading.current_thread().name, x.is_contiguous(memory_format=torch.channels_last)))
+            return super().forward(x)
+
+    class Counting(RunSettings):
+        conversions: list[str] = []
+
+        def to_memory_format(self, tensor):
+            out = super().to_memory_format(tensor)
+            if isinstance(tensor, torch.Tensor) and out.data_ptr() != tensor.data_ptr():
+                self.conversions.append(threading.current_thread().name)
+            return out
+
+    settings = Counting(inference_precision="fp32", channels_last=True)
+    teachers = [Recorder(0.4), Recorder(0.5), Recorder(0.6)]
+    labeler = PseudoLabeler(
+        InconsistencyMaskStrategy(mode="binary"), batch_size=2, progress=False, run_settings=settings
+    )
+    result = labeler(teachers, items, transform, tmp_path / "pl")
+    assert result.stats["unlabeled_images"] == 5
+    main = threading.main_thread().name
+    assert len(seen) == 3 * 3 and all(name == main and cl for name, cl in seen), seen
+    assert len(Counting.conversions) == 3, Counting.conversions  # once per batch, for all three teachers
+    assert main not in Counting.conversions
