@@ -111,10 +111,12 @@ def run_dir(out: Path, label: str, seed: int) -> Path:
 def study_dir(args: argparse.Namespace, label: str, seed: int) -> Path:
     """Where the study of (``label``, ``seed``) lives: a generation-0 source that was not asked for
     (only there for the methods that reuse it) runs its generation 0 alone, under ``sources/``, so it
-    never enters the report nor replaces a published row of that method."""
-    if label in getattr(args, "source_only", ()):
+    never enters the report nor replaces a published row of that method. A study of that method already
+    under ``runs/`` with a finished generation 0 is used as it is."""
+    full = run_dir(args.out, label, seed)
+    if label in getattr(args, "source_only", ()) and not (full / "generation_0" / "summary.json").is_file():
         return args.out / "sources" / slug(label) / f"seed{seed}"
-    return run_dir(args.out, label, seed)
+    return full
 
 
 def copy_generation_0(src: Path, dst: Path, label: str) -> None:
@@ -228,15 +230,18 @@ def finished(out: Path, generations: int, expect: dict | None = None) -> bool:
 
 def run_one(args: argparse.Namespace, label: str, seed: int) -> float:
     out = study_dir(args, label, seed)
-    generations = 0 if label in getattr(args, "source_only", ()) else args.generations
+    source_only = label in getattr(args, "source_only", ())
+    generations = 0 if source_only else args.generations
     expect = {
         "students": args.students,
         "epochs": args.epochs,
         "min_steps": args.min_steps,
         "batch_size": args.batch_size,
     }
-    if finished(out, generations, expect):
-        return 0.0
+    if finished(out, generations, expect) or (
+        source_only and (out / "generation_0" / "summary.json").is_file()
+    ):
+        return 0.0  # done, or a source whose generation 0 (all the others need of it) is there
     out.mkdir(parents=True, exist_ok=True)
     if label in GENERATION_0_FROM:
         copy_generation_0(study_dir(args, GENERATION_0_FROM[label], seed), out, label)

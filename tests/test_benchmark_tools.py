@@ -263,6 +263,12 @@ def test_accuracy_source_not_asked_for_runs_generation_zero_alone_outside_the_re
     assert accuracy.ready(args, "IM (n=2)", 1)
     full = type("Args", (), {"out": tmp_path})()
     assert not accuracy.ready(full, "IM (n=2)", 1)  # asked for, the source is the reported study
+    earlier = accuracy.run_dir(tmp_path, "IM (n=3)", 2) / "generation_0"
+    earlier.mkdir(parents=True)
+    (earlier / "summary.json").write_text("{}")
+    assert (
+        accuracy.study_dir(args, "IM (n=3)", 2) == earlier.parent
+    )  # an earlier study's generation 0 is reused
 
     cli = type(
         "Args",
