@@ -412,8 +412,8 @@ class PseudoLabeler:
         # teachers' memory format (``prefetch``; without worker processes), this thread runs the
         # teachers, and one more thread turns the previous batch's probabilities into pseudo-labels,
         # IM, statistics and queued files (``_post``), so that on a CPU the teachers' forward passes
-        # are nearly all the main thread does. One batch at
-        # most waits for its post-processing: memory stays that of two batches.
+        # are nearly all the main thread does. One batch at most waits for its post-processing: memory
+        # stays that of two batches.
         with (
             ThreadPoolExecutor(max_workers=2, thread_name_prefix="pseudo-label-write") as writers,
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="pseudo-label-post") as post,
