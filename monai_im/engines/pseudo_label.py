@@ -420,10 +420,13 @@ class PseudoLabeler:
         ):
 
             def ready(batch: Mapping[str, Any]) -> tuple[Mapping[str, Any], np.ndarray | None, torch.Tensor]:
-                # in the reading thread: the batch as the teachers take it (device, memory format;
-                # converted once for all teachers), so the main thread only runs the forward passes
-                images = convert_to_tensor(batch["image"], track_meta=False).to(self.device)
-                return batch, _affines(batch["image"]), self.run_settings.to_memory_format(images)
+                # in the reading thread: the images in the teachers' memory format, converted once for
+                # all teachers, so that on a CPU the main thread only runs the forward passes (the copy
+                # to an accelerator keeps the layout and stays in the main thread: no batch waits there)
+                images = self.run_settings.to_memory_format(
+                    convert_to_tensor(batch["image"], track_meta=False)
+                )
+                return batch, _affines(batch["image"]), images
 
             batches = map(ready, loader)
             if self.num_workers == 0:
@@ -439,6 +442,7 @@ class PseudoLabeler:
             run = _Pass(writers, files, tmp, uids, items_in, bar, draw_figure and self.num_figure_images > 0)
             previous: Future | None = None
             for batch, affines, images in bar:  # affines: where each preprocessed volume lies
+                images = images.to(self.device)
                 logits = self.strategy.predict(teachers, images, self.inferer)
                 truth = batch.get("label") if self.strategy.mode != "multiclass" else None
                 if previous is not None:
