@@ -108,13 +108,18 @@ def run_dir(out: Path, label: str, seed: int) -> Path:
     return out / "runs" / slug(label) / f"seed{seed}"
 
 
+def has_generation_0(study: Path) -> bool:
+    """Whether the study in ``study`` has a finished generation 0."""
+    return (study / "generation_0" / "summary.json").is_file()
+
+
 def study_dir(args: argparse.Namespace, label: str, seed: int) -> Path:
     """Where the study of (``label``, ``seed``) lives: a generation-0 source that was not asked for
     (only there for the methods that reuse it) runs its generation 0 alone, under ``sources/``, so it
     never enters the report nor replaces a published row of that method. A study of that method already
     under ``runs/`` with a finished generation 0 is used as it is."""
     full = run_dir(args.out, label, seed)
-    if label in getattr(args, "source_only", ()) and not (full / "generation_0" / "summary.json").is_file():
+    if label in getattr(args, "source_only", ()) and not has_generation_0(full):
         return args.out / "sources" / slug(label) / f"seed{seed}"
     return full
 
@@ -122,7 +127,7 @@ def study_dir(args: argparse.Namespace, label: str, seed: int) -> Path:
 def copy_generation_0(src: Path, dst: Path, label: str) -> None:
     """Give ``dst`` the finished generation 0 of ``src`` (paths inside the JSON files rewritten)."""
     target = dst / "generation_0"
-    if (target / "summary.json").is_file():
+    if has_generation_0(dst):
         return
     if target.exists():
         shutil.rmtree(target)
@@ -238,9 +243,7 @@ def run_one(args: argparse.Namespace, label: str, seed: int) -> float:
         "min_steps": args.min_steps,
         "batch_size": args.batch_size,
     }
-    if finished(out, generations, expect) or (
-        source_only and (out / "generation_0" / "summary.json").is_file()
-    ):
+    if finished(out, generations, expect) or (source_only and has_generation_0(out)):
         return 0.0  # done, or a source whose generation 0 (all the others need of it) is there
     out.mkdir(parents=True, exist_ok=True)
     if label in GENERATION_0_FROM:
@@ -277,7 +280,7 @@ def ready(args: argparse.Namespace, label: str, seed: int) -> bool:
     """Whether a study can start: those that reuse generation 0 wait for it to be finished."""
     if label not in GENERATION_0_FROM:
         return True
-    return (study_dir(args, GENERATION_0_FROM[label], seed) / "generation_0" / "summary.json").is_file()
+    return has_generation_0(study_dir(args, GENERATION_0_FROM[label], seed))
 
 
 def run_all(args: argparse.Namespace, methods: list[str]) -> None:

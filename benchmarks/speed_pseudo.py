@@ -34,6 +34,7 @@ from monai.utils import convert_to_tensor
 from speed_common import interleaved, log, preprocess, summarize, table, to_batches
 
 from monai_im.engines import InconsistencyMaskStrategy, PseudoLabeler
+from monai_im.engines.acceleration import RunSettings
 from monai_im.io import save_png
 from monai_im.losses import MaskedDiceCELoss
 from monai_im.networks import IMUNet
@@ -221,7 +222,7 @@ def run_pseudo_benchmark(
     cached = {it["image"]: d["image"] for it, d in zip(items, data)}
     # the bare passes get their batches in the teachers' memory format already, as the pseudo-labeller's
     # reading thread hands them over (else each teacher would convert every batch inside its forward)
-    layout = PseudoLabeler(InconsistencyMaskStrategy(), progress=False).run_settings.to_memory_format
+    layout = RunSettings().to_memory_format  # the labeller's default policy
     batches = [layout(b) for b in to_batches(data, "image", BATCH)]
     transform = image_segmentation_transforms((size, size), num_channels=3)
     from_memory = FromMemory(cached)
