@@ -5,6 +5,14 @@ with a dark rim and a faint bright halo; dead cells are small, round and compact
 core and a thick dark ring. Cells often touch. Debris (some of it round and bright like a small
 dead cell), out-of-focus ghosts, fibres, uneven illumination, noise and defocus make the task
 non-trivial. Cell sizes are given for 256 x 256 images and scale with the image size.
+
+With ``families=True`` every image also belongs to one of a few acquisition families (:data:`FAMILIES`,
+drawn with unequal frequencies, from common to rare): brightfield, phase contrast (dark cells in bright
+halos), trypan-blue staining (dead cells dark instead of bright), dark field (inverted contrast),
+confluent cultures, spindle-shaped or rounded granular cell lines, and faint images full of debris.
+Flips, rotations, brightness, contrast, blur and noise cannot turn one family into another. The families
+are imaged at twice the classic magnification (:data:`FAMILY_ZOOM`): at 64 x 64 a dead cell is 5-9 px
+across instead of 2-4, so that the rim where teachers disagree does not cover whole cells.
 """
 
 from __future__ import annotations
@@ -16,7 +24,65 @@ from scipy import ndimage
 
 from monai_im.data.drawing import Blob, bezier, draw_curves, smooth_noise
 
-__all__ = ["hela_like_sample", "position_radius"]
+__all__ = ["FAMILIES", "FAMILY_ZOOM", "Family", "hela_like_sample", "position_radius"]
+
+
+@dataclass(frozen=True)
+class Family:
+    """An acquisition family of HeLa-like images (a cell line, a stain and a microscope setting).
+
+    Attributes:
+        name: a short name.
+        weight: relative frequency of the family in a dataset.
+        density: multiplier of the number of cells in the field of view.
+        touching: probability that a new cell is placed next to an earlier one.
+        shape: alive cell shape, ``"classic"``, ``"spindle"`` (long and thin) or ``"round"``.
+        contrast: multiplier of every cell's and every speck's intensity offset.
+        halo: brightness of the phase-contrast halo around every cell (0: the faint classic halo).
+        dead: look of dead cells, ``"bright"`` (bright core in a dark ring) or ``"stained"`` (dark, as
+            with trypan blue).
+        texture: multiplier of the granular texture of alive cells.
+        debris: multiplier of the number of specks and dead-cell look-alikes.
+        inverted: dark-field contrast (the image is inverted: cells and rims light on a dark background).
+    """
+
+    name: str
+    weight: float
+    density: float = 1.0
+    touching: float = 0.4
+    shape: str = "classic"
+    contrast: float = 1.0
+    halo: float = 0.0
+    dead: str = "bright"
+    texture: float = 1.0
+    debris: float = 1.0
+    inverted: bool = False
+
+
+#: The families of ``hela_like_sample(..., families=True)``, from common to rare.
+FAMILIES = (
+    Family("brightfield", 0.30),
+    Family("phase-contrast", 0.18, halo=0.25, contrast=1.4),
+    Family("trypan-blue", 0.13, dead="stained"),
+    Family("confluent", 0.10, density=2.2, touching=0.85, contrast=0.8),
+    Family("spindle", 0.09, shape="spindle", texture=1.5),
+    Family("dark-field", 0.08, inverted=True, halo=0.1),
+    Family("faint-debris", 0.07, contrast=0.55, debris=4.0),
+    Family("round-granular", 0.05, shape="round", texture=3.0, dead="stained"),
+)
+CLASSIC = Family("classic", 1.0)
+#: Magnification of the families relative to the classic images (cells this much larger in pixels,
+#: the field of view this much smaller on each side).
+FAMILY_ZOOM = 2.0
+#: Cells per field of view of the families relative to the classic images (before ``Family.density``):
+#: a zoomed field would otherwise hold a quarter of the cells.
+FAMILY_DENSITY = 2.0
+
+
+def draw_family(rng: np.random.Generator) -> Family:
+    """One of :data:`FAMILIES`, drawn with their weights."""
+    w = np.array([f.weight for f in FAMILIES])
+    return FAMILIES[int(rng.choice(len(FAMILIES), p=w / w.sum()))]
 
 
 @dataclass(frozen=True)
@@ -35,28 +101,46 @@ def position_radius(nn_distance: float, scale: float = 1.0) -> float:
     return max(1.0, min(r, (nn_distance - 1.0) / 2.0))
 
 
-def _new_cell(rng: np.random.Generator, dead: bool, cy: float, cx: float, s: float) -> _Cell:
+#: (roughness range, aspect range) of alive cells per shape family.
+_SHAPES = {
+    "classic": ((0.1, 0.3), (1.0, 2.2)),
+    "spindle": ((0.05, 0.15), (2.8, 4.5)),
+    "round": ((0.04, 0.1), (1.0, 1.25)),
+}
+
+
+def _new_cell(
+    rng: np.random.Generator, dead: bool, cy: float, cx: float, s: float, shape: str = "classic"
+) -> _Cell:
     if dead:
         r = max(1.5, rng.uniform(5.0, 9.0) * s)
         blob = Blob.random(rng, cy, cx, r, roughness=0.04, harmonics=4, aspect=rng.uniform(1.0, 1.2))
     else:
         r = max(2.5, rng.uniform(9.0, 18.0) * s)
+        roughness, aspect = _SHAPES[shape]
         blob = Blob.random(
-            rng, cy, cx, r, roughness=rng.uniform(0.1, 0.3), harmonics=7, aspect=rng.uniform(1.0, 2.2)
+            rng, cy, cx, r, roughness=rng.uniform(*roughness), harmonics=7, aspect=rng.uniform(*aspect)
         )
     return _Cell(blob, dead)
 
 
-def _place_cells(rng: np.random.Generator, size: int, s: float) -> list[_Cell]:
+def _place_cells(
+    rng: np.random.Generator, size: int, s: float, family: Family = CLASSIC, density: float = 1.0
+) -> list[_Cell]:
     """Alive cells first, then dead ones; often next to an earlier cell so that they touch.
 
     No cell covers the centre of another (where its position disc goes), and overlaps stay small.
+    ``density`` scales the classic 3-19 alive and 0-9 dead cells per image.
     """
-    kinds = [False] * int(rng.integers(3, 20)) + [True] * int(rng.integers(0, 10))
+    if density == 1.0:
+        kinds = [False] * int(rng.integers(3, 20)) + [True] * int(rng.integers(0, 10))
+    else:
+        alive = int(rng.integers(max(1, round(3 * density)), max(2, round(20 * density))))
+        kinds = [False] * alive + [True] * int(rng.integers(0, max(1, round(10 * density))))
     cells: list[_Cell] = []
     for dead in kinds:
         for _ in range(30):
-            if cells and rng.random() < 0.4:
+            if cells and rng.random() < family.touching:
                 other = cells[rng.integers(len(cells))].blob
                 angle = rng.uniform(0, 2 * np.pi)
                 d = (other.radius + (7.0 if dead else 13.0) * s) * rng.uniform(0.8, 1.1)
@@ -65,7 +149,7 @@ def _place_cells(rng: np.random.Generator, size: int, s: float) -> list[_Cell]:
                 cy, cx = rng.uniform(0, size - 1, 2)
             if not (0 <= cy <= size - 1 and 0 <= cx <= size - 1):
                 continue
-            cell = _new_cell(rng, dead, cy, cx, s)
+            cell = _new_cell(rng, dead, cy, cx, s, family.shape)
             if all(_compatible(cell.blob, c.blob) for c in cells):
                 cells.append(cell)
                 break
@@ -81,7 +165,7 @@ def _compatible(a: Blob, b: Blob) -> bool:
 
 
 def _render_cells(
-    rng: np.random.Generator, size: int, s: float, cells: list[_Cell]
+    rng: np.random.Generator, size: int, s: float, cells: list[_Cell], family: Family = CLASSIC
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Intensity offsets ``(H, W)``, texture amplitude ``(H, W)`` and instance map (0 = none, i + 1 = cell i)."""
     delta = np.zeros((size, size))
@@ -91,7 +175,11 @@ def _render_cells(
         win = cell.blob.window((size, size), scale=1.4, pad=2.0)
         rho = cell.blob.rho(win)
         inside = rho < 1.0
-        if cell.dead:
+        if cell.dead and family.dead == "stained":  # the dye fills the whole dead cell: dark, no bright core
+            ring = -rng.uniform(0.05, 0.15) * np.exp(-(((rho - 0.9) / 0.15) ** 2))
+            halo = rng.uniform(0.03, 0.12) * np.exp(-(((rho - 1.15) / 0.12) ** 2))
+            cell_value = -rng.uniform(0.2, 0.4) * (1.0 - 0.3 * rho**2) + ring
+        elif cell.dead:
             core = rng.uniform(0.1, 0.45) * np.exp(-((rho / 0.55) ** 2))
             ring = -rng.uniform(0.15, 0.35) * np.exp(-(((rho - 0.85) / 0.15) ** 2))
             halo = rng.uniform(0.03, 0.12) * np.exp(-(((rho - 1.15) / 0.12) ** 2))
@@ -110,7 +198,11 @@ def _render_cells(
             ring = -rng.uniform(0.04, 0.16) * np.exp(-(((rho - 0.95) / 0.08) ** 2))
             halo = rng.uniform(0.0, 0.1) * np.exp(-(((rho - 1.12) / 0.1) ** 2))
             cell_value = -rng.uniform(0.01, 0.08) + nuc + ring
-            texture[win][inside] = rng.uniform(0.02, 0.06)
+            texture[win][inside] = rng.uniform(0.02, 0.06) * family.texture
+        if family.halo:  # phase contrast: a bright halo around every cell, a darker cell body
+            halo = halo + family.halo * rng.uniform(0.7, 1.3) * np.exp(-(((rho - 1.15) / 0.15) ** 2))
+            cell_value = cell_value - (0.0 if cell.dead else 0.5 * family.halo)
+        cell_value, halo = family.contrast * cell_value, family.contrast * halo
         delta[win] = np.where(inside, cell_value, delta[win] + halo + np.minimum(ring, 0) * (rho < 1.1))
         if cell.dead:
             texture[win][inside] = 0.0
@@ -118,11 +210,11 @@ def _render_cells(
     return delta, texture, inst
 
 
-def _debris(rng: np.random.Generator, size: int, s: float) -> np.ndarray:
+def _debris(rng: np.random.Generator, size: int, s: float, amount: float = 1.0) -> np.ndarray:
     """Unlabelled clutter: specks, small dead-cell look-alikes, fibres and out-of-focus ghosts."""
     shape = (size, size)
     out = np.zeros(shape)
-    for _ in range(int(rng.integers(3, 30))):
+    for _ in range(int(rng.integers(3, 30) * amount)):
         lookalike = rng.random() < 0.3
         r = max(0.6, (rng.uniform(2.0, 3.5) if lookalike else rng.uniform(0.7, 3.0)) * s)
         blob = Blob.random(rng, *rng.uniform(0, size, 2), r, roughness=0.05 if lookalike else 0.3)
@@ -168,22 +260,31 @@ def _masks(size: int, s: float, cells: list[_Cell], inst: np.ndarray) -> np.ndar
     return (np.stack([alive, dead, position], axis=-1) * 255).astype(np.uint8)
 
 
-def hela_like_sample(size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def hela_like_sample(
+    size: int, rng: np.random.Generator, families: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """One HeLa-like brightfield image and its masks.
 
     Args:
         size: side of the square image in pixels (cell sizes are set for 256 and scale with it).
         rng: the random generator of this image.
+        families: draw the image's acquisition family first (:data:`FAMILIES`, imaged at
+            :data:`FAMILY_ZOOM` times the classic magnification); ``False`` gives the classic images.
 
     Returns:
         ``(image, mask)``: ``image`` is ``(size, size)`` uint8 grayscale; ``mask`` is ``(size, size, 3)``
         uint8 0/255 with channels (alive, dead, position).
     """
-    s = size / 256.0
+    family = draw_family(rng) if families else CLASSIC
+    zoom, density = (
+        (FAMILY_ZOOM, FAMILY_DENSITY * family.density / FAMILY_ZOOM**2) if families else (1.0, 1.0)
+    )
+    s = zoom * size / 256.0
     shape = (size, size)
-    cells = _place_cells(rng, size, s)
-    delta, texture, inst = _render_cells(rng, size, s, cells)
-    delta = delta + texture * smooth_noise(rng, shape, max(1.0, 1.5 * s)) + _debris(rng, size, s)
+    cells = _place_cells(rng, size, s, family, density)
+    delta, texture, inst = _render_cells(rng, size, s, cells, family)
+    delta = delta + texture * smooth_noise(rng, shape, max(1.0, 1.5 * s))
+    delta = delta + family.contrast * _debris(rng, size, s, family.debris)
     background = (
         rng.uniform(0.45, 0.6)
         + 0.05 * smooth_noise(rng, shape, size / 2)
@@ -193,6 +294,8 @@ def hela_like_sample(size: int, rng: np.random.Generator) -> tuple[np.ndarray, n
     gy, gx = rng.normal(0, 0.1, 2)
     illumination = 1.0 + gy * yy + gx * xx + rng.uniform(0.03, 0.12) * smooth_noise(rng, shape, size / 1.5)
     image = (background + rng.uniform(0.7, 1.3) * delta) * illumination
+    if family.inverted:  # dark field: what scatters light (rims, halos, debris) is light on black
+        image = 0.15 + 2.0 * np.abs(image - background * illumination)
     blur = rng.uniform(0.4, 1.2) * s
     if blur > 0.3:
         image = ndimage.gaussian_filter(image, blur)

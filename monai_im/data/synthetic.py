@@ -94,6 +94,7 @@ DEMO_KINDS: dict[str, DemoKind] = {
         "HeLa-like brightfield images (grayscale) with alive, dead and position masks (RGB, 0/255)",
         1,
         ("alive", "dead", "position"),
+        {"families": partial(hela_like_sample, families=True)},
     ),
 }
 
