@@ -177,6 +177,8 @@ def study_overrides(
         "demo_num_train": args.num_train,
         "demo_num_val": args.num_val,
         "demo_num_test": args.num_test,
+        # the bundle refuses a data folder holding another variety than its demo_variety
+        "demo_variety": getattr(args, "variety", "classic"),
         "progress": False,
         "val_interval": 1,  # every epoch: checkpoints and teachers are picked on the validation metric
     }
@@ -336,8 +338,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--variety",
         default="classic",
-        help="demo data variety: 'classic', or 'families' (ISIC-like: acquisition families that "
-        "augmentation cannot turn into one another); use a new --out for each",
+        help="demo data variety: 'classic', or 'families' (acquisition families that augmentation "
+        "cannot turn into one another); use a new --out for each",
     )
     p.add_argument("--alpha", type=float, default=None, help="network width (default: the demo's)")
     p.add_argument("--jobs", type=int, default=2, help="studies run at the same time")
