@@ -283,10 +283,12 @@ def test_accuracy_source_not_asked_for_runs_generation_zero_alone_outside_the_re
             "num_test": 4,
             "size": 32,
             "alpha": None,
+            "variety": "families",
         },
     )()
     cmd = accuracy.bundle_command(cli, "IM (n=3)", 1, output_dir=source, generations=0)
     assert cmd[cmd.index("--num_generations") + 1] == "0"
+    assert cmd[cmd.index("--demo_variety") + 1] == "families"  # else the bundle refuses the data folder
     assert cmd[cmd.index("--output_dir") + 1] == str(source)
     cmd = accuracy.bundle_command(cli, "IM (n=2)", 1)
     assert cmd[cmd.index("--num_generations") + 1] == "2"

@@ -138,9 +138,10 @@ def make_demo_dataset(
         seed: seed of the images and of the split.
         overwrite: replace an existing ``out_dir``; otherwise an existing one is an error.
         progress: show a progress bar.
-        variety: ``"classic"``, or another of the kind's :attr:`DemoKind.variants` (ISIC-like:
+        variety: ``"classic"``, or another of the kind's :attr:`DemoKind.variants` (both kinds:
             ``"families"``, images from several acquisition families that augmentation cannot turn
-            into one another, see :data:`monai_im.data.isic_like.FAMILIES`).
+            into one another, see :data:`monai_im.data.isic_like.FAMILIES` and
+            :data:`monai_im.data.hela_like.FAMILIES`).
 
     Returns:
         The dataset folder.
@@ -383,9 +384,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--variety",
         default="classic",
-        help="'classic', or 'families' (ISIC-like only): every image from one of several acquisition "
-        "families (colour cast, skin type, pigmented or pink lesions, texture, shape) that augmentation "
-        "cannot turn into one another (default: %(default)s)",
+        help="'classic', or 'families': every image from one of several acquisition families that "
+        "augmentation cannot turn into one another (ISIC-like: colour cast, skin type, pigmented or pink "
+        "lesions, texture, shape; HeLa-like: brightfield, phase contrast, trypan blue, dark field, "
+        "confluent, spindle or round cells, at twice the magnification) (default: %(default)s)",
     )
     return parser
 

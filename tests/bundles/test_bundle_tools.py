@@ -184,3 +184,30 @@ def test_monai_bundle_tools(bundle, command, tmp_path):
         ref.load_state_dict(torch.load(checkpoint, weights_only=True))
         x = torch.rand(1, cin, 64, 64)
         assert torch.allclose(ts(x), ref.eval()(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("bundle", sorted(BUNDLES))
+def test_demo_config_makes_the_variety_asked_for_and_refuses_a_folder_of_another(tmp_path, bundle):
+    from monai.bundle import ConfigParser
+
+    def dataset(variety: str) -> Path:
+        parser = ConfigParser()
+        parser.read_config([str(configs(bundle) / "train.json"), str(configs(bundle) / "demo.json")])
+        parser.update(
+            {
+                "dataset_dir": str(tmp_path / "demo"),
+                "demo_num_train": 4,
+                "demo_num_val": 1,
+                "demo_num_test": 1,
+                "demo_image_size": 16,
+                "labeled_fraction": 0.5,
+                "demo_variety": variety,
+            }
+        )
+        return Path(parser.get_parsed_content("dataset"))
+
+    made = dataset("families")
+    assert json.loads((made / "dataset.json").read_text())["variety"] == "families"
+    with pytest.raises(RuntimeError) as e:  # MONAI wraps the error of a config expression
+        dataset("classic")
+    assert "holds the 'families' variety of the demo data, not 'classic'" in str(e.value.__cause__)

@@ -278,29 +278,3 @@ def test_bundle_inference_runs_the_network_with_run_settings(tmp_path, monkeypat
     assert (tmp_path / "out" / "a_mask.png").is_file()
     expected = RunSettings(inference_precision=inference_precision).dtype("cpu", training=False)
     assert seen and all(s == (False, expected, True) for s in seen), seen
-
-
-def test_demo_config_makes_the_variety_asked_for_and_refuses_a_folder_of_another(tmp_path):
-    from monai.bundle import ConfigParser
-
-    def dataset(variety: str) -> Path:
-        parser = ConfigParser()
-        parser.read_config([TRAIN, DEMO])
-        parser.update(
-            {
-                "dataset_dir": str(tmp_path / "demo"),
-                "demo_num_train": 4,
-                "demo_num_val": 1,
-                "demo_num_test": 1,
-                "demo_image_size": 16,
-                "labeled_fraction": 0.5,
-                "demo_variety": variety,
-            }
-        )
-        return Path(parser.get_parsed_content("dataset"))
-
-    made = dataset("families")
-    assert json.loads((made / "dataset.json").read_text())["variety"] == "families"
-    with pytest.raises(RuntimeError) as e:  # MONAI wraps the error of a config expression
-        dataset("classic")
-    assert "holds the 'families' variety of the demo data, not 'classic'" in str(e.value.__cause__)

@@ -201,8 +201,8 @@ def test_variety_is_recorded_and_an_unknown_one_is_refused_before_writing(tmp_pa
         ensure_demo_dataset("isic", out, variety="families")
     with pytest.raises(ValueError, match="holds the 'families' variety"):
         ensure_demo_dataset("isic", fam, size=32)
-    with pytest.raises(ValueError, match=r"no variety 'families'; choose one of \['classic'\]"):
-        make_demo_dataset("hela", tmp_path / "h", size=32, variety="families", **SMALL)
+    with pytest.raises(ValueError, match=r"no variety 'stained'; choose one of \['classic', 'families'\]"):
+        make_demo_dataset("hela", tmp_path / "h", size=32, variety="stained", **SMALL)
     assert not (tmp_path / "h").exists()
 
 
@@ -234,6 +234,96 @@ def test_hela_cells_of_distinct_kinds_and_one_disc_per_cell():
     labels_dead, n_dead = ndimage.label(dead)
     assert np.median(np.bincount(labels_dead.ravel())[1:]) < np.median(np.bincount(labels_alive.ravel())[1:])
     assert image[dead & position].mean() > image[alive & position].mean()
+
+
+def _hela_family_samples(monkeypatch, name: str, n: int = 8, size: int = 64):
+    """Images of one HeLa-like family: the family draw is replaced, the rest of the generator runs as it is."""
+    from monai_im.data import hela_like
+
+    family = {f.name: f for f in hela_like.FAMILIES}[name]
+    monkeypatch.setattr(hela_like, "draw_family", lambda rng: family)
+    return [hela_like_sample(size, image_rng(2, "test", i), families=True) for i in range(n)]
+
+
+def test_hela_families_are_drawn_with_their_weights_at_twice_the_magnification():
+    from monai_im.data.hela_like import FAMILIES, draw_family
+
+    rng = np.random.default_rng(0)
+    names = [draw_family(rng).name for _ in range(4000)]
+    weights = np.array([f.weight for f in FAMILIES]) / sum(f.weight for f in FAMILIES)
+    seen = np.array([names.count(f.name) for f in FAMILIES]) / len(names)
+    np.testing.assert_allclose(seen, weights, atol=0.025)
+    classic, _ = hela_like_sample(64, image_rng(0, "train", 1))
+    again, _ = hela_like_sample(64, image_rng(0, "train", 1), families=False)
+    assert np.array_equal(classic, again)
+
+    def dead_cell_area(families: bool) -> float:
+        areas = []
+        for i in range(12):
+            image, mask = hela_like_sample(64, image_rng(0, "train", i), families=families)
+            assert image.shape == (64, 64) and image.dtype == np.uint8
+            assert set(np.unique(mask)) <= {0, 255}
+            labels, n = ndimage.label(mask[..., 1] > 0)
+            areas += list(np.bincount(labels.ravel())[1:])
+        return float(np.median(areas))
+
+    # cells are twice as large on each side: the IM rim (a pixel or two) no longer covers a dead cell
+    assert 2.5 < dead_cell_area(True) / dead_cell_area(False) < 6.0
+
+
+def test_hela_family_appearance_is_what_augmentation_cannot_make(monkeypatch):
+    def contrast(
+        name: str, channel: int
+    ) -> float:  # mean at the centres of a kind's cells less the background
+        out = []
+        for image, mask in _hela_family_samples(monkeypatch, name):
+            cells = (mask[..., channel] > 0) & (mask[..., 2] > 0)
+            background = ~ndimage.binary_dilation(mask[..., :2].any(-1), iterations=3)
+            if cells.any():
+                out.append(image[cells].mean() - image[background].mean())
+        return float(np.mean(out))
+
+    # trypan blue turns the bright dead cells dark: no intensity shift or gamma swaps the two looks
+    assert contrast("brightfield", 1) > 0 > contrast("trypan-blue", 1) + 10
+    # dark field: light cells on a dark background, where brightfield cells are slightly darker
+    assert contrast("dark-field", 0) > 10 > contrast("brightfield", 0)
+    dark = np.mean([image.mean() for image, _ in _hela_family_samples(monkeypatch, "dark-field")])
+    bright = np.mean([image.mean() for image, _ in _hela_family_samples(monkeypatch, "brightfield")])
+    assert dark < bright - 60
+
+    # phase contrast: a ring brighter than the background around every cell
+    def halo(name: str) -> float:
+        out = []
+        for image, mask in _hela_family_samples(monkeypatch, name):
+            cells = mask[..., :2].any(-1)
+            ring = ndimage.binary_dilation(cells, iterations=2) & ~cells
+            far = ~ndimage.binary_dilation(cells, iterations=6)
+            out.append(image[ring].mean() - image[far].mean())
+        return float(np.mean(out))
+
+    assert halo("phase-contrast") > halo("brightfield") + 20
+
+    # shape families: spindle-shaped alive cells are long and thin, confluent cultures hold more cells
+    def elongation(name: str) -> float:
+        values = []
+        for _, mask in _hela_family_samples(monkeypatch, name):
+            alive = mask[..., 0] > 0
+            labels, n = ndimage.label(alive)
+            for i in range(1, n + 1):
+                ys, xs = np.nonzero(labels == i)
+                if len(ys) > 20:
+                    ev = np.linalg.eigvalsh(np.cov(np.stack([ys, xs])))
+                    values.append(np.sqrt(ev[1] / max(ev[0], 1e-6)))
+        return float(np.median(values))
+
+    assert elongation("spindle") > 1.5 * elongation("round-granular")
+
+    def cells(name: str) -> float:
+        return float(
+            np.mean([ndimage.label(m[..., 2] > 0)[1] for _, m in _hela_family_samples(monkeypatch, name)])
+        )
+
+    assert cells("confluent") > 1.5 * cells("brightfield")
 
 
 def test_position_radius_follows_nearest_neighbour():
