@@ -8,11 +8,23 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["SPLIT_CODES", "image_rng", "smooth_noise", "Blob", "bezier", "draw_curves", "sigmoid"]
+T = TypeVar("T", bound=Any)
+
+__all__ = [
+    "SPLIT_CODES",
+    "image_rng",
+    "smooth_noise",
+    "Blob",
+    "bezier",
+    "draw_curves",
+    "draw_weighted",
+    "sigmoid",
+]
 
 #: Code of each split in the per-image seed, so that an image depends only on (seed, split, index).
 SPLIT_CODES = {"train": 0, "validation": 1, "test": 2}
@@ -26,6 +38,12 @@ def image_rng(seed: int, split: str, index: int) -> np.random.Generator:
     if seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed}")
     return np.random.default_rng([int(seed), SPLIT_CODES[split], int(index)])
+
+
+def draw_weighted(rng: np.random.Generator, items: Sequence[T]) -> T:
+    """One of ``items`` (each with a ``weight`` attribute), drawn with probabilities proportional to the weights."""
+    w = np.array([item.weight for item in items], dtype=float)
+    return items[int(rng.choice(len(items), p=w / w.sum()))]
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from monai_im.data.drawing import Blob, bezier, draw_curves, smooth_noise
+from monai_im.data.drawing import Blob, bezier, draw_curves, draw_weighted, smooth_noise
 
 __all__ = ["FAMILIES", "FAMILY_ZOOM", "Family", "hela_like_sample", "position_radius"]
 
@@ -81,8 +81,7 @@ FAMILY_DENSITY = 2.0
 
 def draw_family(rng: np.random.Generator) -> Family:
     """One of :data:`FAMILIES`, drawn with their weights."""
-    w = np.array([f.weight for f in FAMILIES])
-    return FAMILIES[int(rng.choice(len(FAMILIES), p=w / w.sum()))]
+    return draw_weighted(rng, FAMILIES)
 
 
 @dataclass(frozen=True)
@@ -132,11 +131,8 @@ def _place_cells(
     No cell covers the centre of another (where its position disc goes), and overlaps stay small.
     ``density`` scales the classic 3-19 alive and 0-9 dead cells per image.
     """
-    if density == 1.0:
-        kinds = [False] * int(rng.integers(3, 20)) + [True] * int(rng.integers(0, 10))
-    else:
-        alive = int(rng.integers(max(1, round(3 * density)), max(2, round(20 * density))))
-        kinds = [False] * alive + [True] * int(rng.integers(0, max(1, round(10 * density))))
+    alive = int(rng.integers(max(1, round(3 * density)), max(2, round(20 * density))))
+    kinds = [False] * alive + [True] * int(rng.integers(0, max(1, round(10 * density))))
     cells: list[_Cell] = []
     for dead in kinds:
         for _ in range(30):

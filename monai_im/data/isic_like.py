@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from monai_im.data.drawing import Blob, bezier, draw_curves, sigmoid, smooth_noise
+from monai_im.data.drawing import Blob, bezier, draw_curves, draw_weighted, sigmoid, smooth_noise
 
 __all__ = ["FAMILIES", "Family", "isic_like_sample"]
 
@@ -312,8 +312,7 @@ def _lighting(rng: np.random.Generator, size: int) -> np.ndarray:
 
 def draw_family(rng: np.random.Generator) -> Family:
     """One of :data:`FAMILIES`, drawn with their weights."""
-    w = np.array([f.weight for f in FAMILIES])
-    return FAMILIES[int(rng.choice(len(FAMILIES), p=w / w.sum()))]
+    return draw_weighted(rng, FAMILIES)
 
 
 def isic_like_sample(
