@@ -135,17 +135,19 @@ def _family_sample(monkeypatch, family, index: int, size: int = 96):
     return isic_like_sample(size, image_rng(1, "test", index), families=True)
 
 
-def test_isic_families_are_drawn_with_their_weights_and_differ_from_the_classic_images():
-    from monai_im.data.isic_like import FAMILIES, draw_family
+@pytest.mark.parametrize("kind", ["isic", "hela"])
+def test_families_are_drawn_with_their_weights_and_differ_from_the_classic_images(kind):
+    from monai_im.data import hela_like, isic_like
 
+    module, sample = {"isic": (isic_like, isic_like_sample), "hela": (hela_like, hela_like_sample)}[kind]
     rng = np.random.default_rng(0)
-    names = [draw_family(rng).name for _ in range(4000)]
-    weights = np.array([f.weight for f in FAMILIES]) / sum(f.weight for f in FAMILIES)
-    seen = np.array([names.count(f.name) for f in FAMILIES]) / len(names)
+    names = [module.draw_family(rng).name for _ in range(4000)]
+    weights = np.array([f.weight for f in module.FAMILIES]) / sum(f.weight for f in module.FAMILIES)
+    seen = np.array([names.count(f.name) for f in module.FAMILIES]) / len(names)
     np.testing.assert_allclose(seen, weights, atol=0.025)
-    classic, _ = isic_like_sample(64, image_rng(0, "train", 1))
-    again, _ = isic_like_sample(64, image_rng(0, "train", 1), families=False)
-    varied, mask = isic_like_sample(64, image_rng(0, "train", 1), families=True)
+    classic, _ = sample(64, image_rng(0, "train", 1))
+    again, _ = sample(64, image_rng(0, "train", 1), families=False)
+    varied, mask = sample(64, image_rng(0, "train", 1), families=True)
     assert np.array_equal(classic, again) and not np.array_equal(classic, varied)
     assert mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 255}
 
@@ -245,18 +247,7 @@ def _hela_family_samples(monkeypatch, name: str, n: int = 8, size: int = 64):
     return [hela_like_sample(size, image_rng(2, "test", i), families=True) for i in range(n)]
 
 
-def test_hela_families_are_drawn_with_their_weights_at_twice_the_magnification():
-    from monai_im.data.hela_like import FAMILIES, draw_family
-
-    rng = np.random.default_rng(0)
-    names = [draw_family(rng).name for _ in range(4000)]
-    weights = np.array([f.weight for f in FAMILIES]) / sum(f.weight for f in FAMILIES)
-    seen = np.array([names.count(f.name) for f in FAMILIES]) / len(names)
-    np.testing.assert_allclose(seen, weights, atol=0.025)
-    classic, _ = hela_like_sample(64, image_rng(0, "train", 1))
-    again, _ = hela_like_sample(64, image_rng(0, "train", 1), families=False)
-    assert np.array_equal(classic, again)
-
+def test_hela_families_are_imaged_at_twice_the_magnification():
     def dead_cell_area(families: bool) -> float:
         areas = []
         for i in range(12):
