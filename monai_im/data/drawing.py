@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import numpy as np
 from scipy import ndimage
 
-T = TypeVar("T", bound=Any)
+T = TypeVar("T")
 
 __all__ = [
     "SPLIT_CODES",
