@@ -364,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     for f in args.merge:
         if not f.is_file():
             p.error(f"--merge: no such runs.csv: {f}")
-    from monai_im.data.synthetic import dataset_variety
+    from monai_im.datasets.synthetic import dataset_variety
 
     if dataset_variety(args.out / "data") not in (None, args.variety):
         p.error(
@@ -384,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     start = time.time()
     if not args.report_only:
-        from monai_im.data import ensure_demo_dataset, ensure_flare_like_dataset
+        from monai_im.datasets import ensure_demo_dataset, ensure_flare_like_dataset
 
         sizes = {"num_train": args.num_train, "num_val": args.num_val, "num_test": args.num_test}
         if args.dataset == "flare":

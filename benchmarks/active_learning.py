@@ -1,7 +1,7 @@
 """Active-learning simulation: is annotating the images the IM teachers disagree on better than random picks?
 
 On a demo dataset whose unlabeled images carry hidden labels, every strategy of
-:mod:`monai_im.engines.active` (``im``: the largest teacher disagreement; ``random``; ``tta_variance``: a
+:mod:`monai_im.apps.active` (``im``: the largest teacher disagreement; ``random``; ``tta_variance``: a
 MONAI-Label-like baseline, the best student's variance over flip views) reveals ``--budget-per-round``
 labels per round, and a new study is trained after each round, at equal budgets. Every study goes
 through the real bundle (``python -m monai.bundle run`` with ``train.json`` + ``demo.json`` and
@@ -34,7 +34,7 @@ from typing import Any
 
 from accuracy import study_overrides  # a sibling script: its folder is on sys.path
 
-from monai_im.engines.active import STRATEGIES, load_bundle_study, simulate
+from monai_im.apps.active import STRATEGIES, load_bundle_study, simulate
 from monai_im.io import atomic_write_bytes, atomic_write_json
 
 REPO = Path(__file__).resolve().parents[1]
@@ -265,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from monai_im.data import ensure_demo_dataset
+    from monai_im.datasets import ensure_demo_dataset
 
     torch.set_num_threads(args.threads)
     start = time.time()

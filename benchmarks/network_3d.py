@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 from monai.networks.nets import BasicUNet, SegResNet, UNet
 
-from monai_im.engines import RunSettings
 from monai_im.io import atomic_write_json
 from monai_im.networks import IMUNet
+from monai_im.runtime import RunSettings
 
 NETWORKS: dict[str, Callable[[int], torch.nn.Module]] = {
     "IMUNet alpha 0.5 (paper's U-Net, 3D)": lambda c: IMUNet(3, 1, c, alpha=0.5),

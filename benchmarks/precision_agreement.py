@@ -16,12 +16,12 @@ import json
 
 import torch
 from monai.data import DataLoader, Dataset
+from monai_im.engines.strategies import InconsistencyMask
 
 from monai_im.data import load_datalist
-from monai_im.engines import RunSettings, ensemble_predict
-from monai_im.engines.layout import StudyLayout
-from monai_im.engines.strategies import InconsistencyMaskStrategy
 from monai_im.networks import IMUNet
+from monai_im.runtime import RunSettings, ensemble_predict
+from monai_im.selftrain.layout import StudyLayout
 from monai_im.transforms import image_segmentation_transforms
 
 
@@ -55,7 +55,7 @@ def main() -> None:
         ),
         batch_size=32,
     )
-    strategy = InconsistencyMaskStrategy(mode="binary")
+    strategy = InconsistencyMask(mode="binary")
     out: dict[str, list[torch.Tensor]] = {}
     for name in ("fp32", "bf16"):
         settings = RunSettings(inference_precision=name)

@@ -40,8 +40,8 @@ def _worker(workload: str, policy: str, mode: str, size: int, batch: int, repeat
     torch.set_num_threads(threads)
     from speed_precision import pseudo_label_step, training_step
 
-    import monai_im.engines.acceleration as acc
-    from monai_im.engines import RunSettings
+    import monai_im.runtime.acceleration as acc
+    from monai_im.runtime import RunSettings
 
     reuse = mode == MODES[1]
     if reuse and not acc.reuse_freed_cpu_memory():

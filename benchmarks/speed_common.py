@@ -15,7 +15,7 @@ import monai
 import numpy as np
 import torch
 
-from monai_im.data import make_isic_like_dataset
+from monai_im.datasets import make_isic_like_dataset
 from monai_im.io import load_json
 from monai_im.transforms import image_segmentation_transforms
 

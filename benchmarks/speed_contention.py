@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from speed_common import interleaved, log, summarize, table
 
-from monai_im.engines import RunSettings
+from monai_im.runtime import RunSettings
 from monai_im.transforms import image_segmentation_transforms
 
 __all__ = ["run_contention_benchmark", "contention_table"]

@@ -92,11 +92,12 @@ def _child(args: argparse.Namespace) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from monai_im.engines import InconsistencyMaskStrategy, PseudoLabeler
+    from monai_im.methods import InconsistencyMask
     from monai_im.networks import IMUNet
+    from monai_im.selftrain import PseudoLabeler
     from monai_im.transforms import image_segmentation_transforms
 
-    keep_all = InconsistencyMaskStrategy(min_foreground=0, foreground_exceeds_im=False)
+    keep_all = InconsistencyMask(min_foreground=0, foreground_exceeds_im=False)
     _measure(
         PseudoLabeler(keep_all, batch_size=BATCH, progress=False),
         _teachers(3, lambda: IMUNet(2, 3, 1, alpha=0.5)),
@@ -112,9 +113,9 @@ def _volume_child(args: argparse.Namespace) -> None:
     from monai.inferers import SlidingWindowInferer
 
     torch.set_num_threads(args.threads)
-    from monai_im.engines import PseudoLabeler
-    from monai_im.engines.methods import build_method
+    from monai_im.methods import build_method
     from monai_im.networks import IMUNet
+    from monai_im.selftrain import PseudoLabeler
     from monai_im.transforms import VolumeReader, volume_segmentation_transforms
 
     keep_all = build_method("im", mode="multiclass", min_foreground=0, foreground_exceeds_im=False)
@@ -142,7 +143,7 @@ def _spawn(args: list[str], what: str) -> dict[str, Any]:
 
 def run_volume_memory_benchmark(threads: int, quick: bool = False) -> dict[str, Any]:
     """Peak RSS of pseudo-labelling n and 10 n CT-like volumes (sliding window), each in a fresh process."""
-    from monai_im.data.flare_like import make_flare_like_dataset
+    from monai_im.datasets.flare_like import make_flare_like_dataset
 
     shape = (64, 64, 48)
     small = 2 if quick else 4

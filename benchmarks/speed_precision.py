@@ -5,7 +5,7 @@ Two workloads of ``IMUNet(2, 3, 1, alpha=0.5)`` on batches of 16 random images, 
 - training step: ``zero_grad; MaskedDiceCELoss(net(x), y).backward(); AdamW step``;
 - pseudo-labelling: the teacher ensemble forward pass (``ensemble_predict`` of three teachers).
 
-Every variant prepares its networks with :meth:`monai_im.engines.RunSettings.prepare_network`, the
+Every variant prepares its networks with :meth:`monai_im.runtime.RunSettings.prepare_network`, the
 same call training, validation, pseudo-labelling and inference use. The first call of each variant
 (compilation warm-up for the compiled ones) is timed apart, then all variants of one workload are
 timed in interleaved rounds (see ``speed_common.interleaved``), so their ratios come from one run.
@@ -26,9 +26,9 @@ import torch
 from speed_common import interleaved, log, summarize, table
 from torch.utils.flop_counter import FlopCounterMode
 
-from monai_im.engines import RunSettings, cpu_supports_bf16, ensemble_predict
 from monai_im.losses import MaskedDiceCELoss
 from monai_im.networks import IMUNet
+from monai_im.runtime import RunSettings, cpu_supports_bf16, ensemble_predict
 
 __all__ = [
     "VARIANTS",

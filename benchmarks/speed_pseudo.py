@@ -33,11 +33,12 @@ from monai.data import list_data_collate
 from monai.utils import convert_to_tensor
 from speed_common import interleaved, log, preprocess, summarize, table, to_batches
 
-from monai_im.engines import InconsistencyMaskStrategy, PseudoLabeler
-from monai_im.engines.acceleration import RunSettings
 from monai_im.io import save_png
 from monai_im.losses import MaskedDiceCELoss
+from monai_im.methods import InconsistencyMask
 from monai_im.networks import IMUNet
+from monai_im.runtime.acceleration import RunSettings
+from monai_im.selftrain import PseudoLabeler
 from monai_im.transforms import image_segmentation_transforms, mask_image
 
 __all__ = ["FromMemory", "make_teachers", "run_pseudo_benchmark", "pseudo_tables"]
@@ -135,7 +136,7 @@ def _components(
     batch_items = [{"image": it["image"]} for it in items[:BATCH]]
     transform = image_segmentation_transforms((size, size), num_channels=3)
     from_memory = FromMemory(cached)
-    strategy = InconsistencyMaskStrategy()
+    strategy = InconsistencyMask()
     images = list_data_collate([from_memory(it) for it in batch_items])["image"]
     with torch.no_grad():
         outs = [net(images) for net in teachers]
@@ -195,7 +196,7 @@ def _components(
 def _profile(teachers, items, transform, work: Path, top: int = 20) -> str:
     """cProfile of one pseudo-labelling run: the top functions by own time."""
     profiler = cProfile.Profile()
-    labeler = PseudoLabeler(InconsistencyMaskStrategy(), batch_size=BATCH, progress=False)
+    labeler = PseudoLabeler(InconsistencyMask(), batch_size=BATCH, progress=False)
     profiler.enable()
     labeler(teachers, items, transform, work / "profiled")
     profiler.disable()
@@ -243,9 +244,7 @@ def run_pseudo_benchmark(
         for t in timed:
             t.seconds = 0.0
         start = time.perf_counter()
-        res = PseudoLabeler(InconsistencyMaskStrategy(), batch_size=BATCH, progress=False)(
-            timed, unlabeled, tf, out
-        )
+        res = PseudoLabeler(InconsistencyMask(), batch_size=BATCH, progress=False)(timed, unlabeled, tf, out)
         inside[name].append((time.perf_counter() - start, sum(t.seconds for t in timed)))
         results.append(res.stats)
 
@@ -259,7 +258,7 @@ def run_pseudo_benchmark(
         with torch.no_grad():
             for net in teachers:
                 net(batches[0])
-        PseudoLabeler(InconsistencyMaskStrategy(), batch_size=BATCH, progress=False)(
+        PseudoLabeler(InconsistencyMask(), batch_size=BATCH, progress=False)(
             teachers, unlabeled[:BATCH], transform, work / "warmup"
         )
         log(f"[pseudo] {len(items)} images, {repeats} interleaved rounds")

@@ -4,7 +4,7 @@ Both sides train ``IMUNet(2, 3, 1, alpha=0.5)`` from the same initial weights wi
 (lr 3e-3, weight decay 1e-4) and ``MaskedDiceCELoss`` on the same preprocessed images held in
 memory, batch 32, the same number of batches per epoch.
 
-- workflow: :func:`monai_im.engines.train_student` (MONAI ``SupervisedTrainer`` + evaluator +
+- workflow: :func:`monai_im.selftrain.train_student` (MONAI ``SupervisedTrainer`` + evaluator +
   checkpointing), fed like a study feeds it: a ``CacheDataset`` (cache rate 1) and a shuffling
   ``DataLoader``. Validation is switched off for every epoch but the last one (which always
   validates); an epoch is timed from ``EPOCH_STARTED`` to ``EPOCH_COMPLETED`` by a handler
@@ -30,10 +30,10 @@ from monai.handlers import from_engine
 from monai.transforms import Activationsd, AsDiscreted, Compose
 from speed_common import log, summarize, table, to_batches
 
-from monai_im.engines import train_student
 from monai_im.losses import MaskedDiceCELoss
 from monai_im.metrics import PerImageIoU
 from monai_im.networks import IMUNet
+from monai_im.selftrain import train_student
 from monai_im.transforms import image_segmentation_transforms
 
 __all__ = ["EpochTimer", "run_train_benchmark", "train_table"]

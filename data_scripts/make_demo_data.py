@@ -7,7 +7,7 @@ Examples::
     python data_scripts/make_demo_data.py flare data/flare_demo --num-train 24 --shape 64 64 48
 
 The 2D kinds are also installed as ``monai-im-demo-data``; ``flare`` takes the options of
-``monai_im.data.flare_like`` (``--help`` after it lists them).
+``monai_im.datasets.flare_like`` (``--help`` after it lists them).
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import sys
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["flare"]:
-        from monai_im.data.flare_like import main as flare_main
+        from monai_im.datasets.flare_like import main as flare_main
 
         raise SystemExit(flare_main(sys.argv[2:]))
-    from monai_im.data.synthetic import main
+    from monai_im.datasets.synthetic import main
 
     raise SystemExit(main())

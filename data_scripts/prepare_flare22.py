@@ -12,12 +12,12 @@ Examples::
     python data_scripts/prepare_flare22.py datasets/flare22_r --data-dir downloads/FLARE22/Training \\
         --num-unlabeled 200 --spacing 1.5 1.5 2.5
 
-The work is done by :mod:`monai_im.data.prepare_flare22`.
+The work is done by :mod:`monai_im.datasets.prepare_flare22`.
 """
 
 from __future__ import annotations
 
-from monai_im.data.prepare_flare22 import main
+from monai_im.datasets.prepare_flare22 import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -9,12 +9,12 @@ Examples::
     # the release already extracted (folders train_full/, val/, test/ somewhere inside)
     python data_scripts/prepare_hela.py datasets/hela --data-dir downloads/hela
 
-The work is done by :mod:`monai_im.data.prepare_hela`.
+The work is done by :mod:`monai_im.datasets.prepare_hela`.
 """
 
 from __future__ import annotations
 
-from monai_im.data.prepare_hela import main
+from monai_im.datasets.prepare_hela import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

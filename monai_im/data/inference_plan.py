@@ -107,7 +107,7 @@ def decode_error(path: str | os.PathLike) -> str | None:
 
 
 def _decode_problems(files: Sequence[Path], num_workers: int | None, progress: bool) -> list[str]:
-    from monai_im.progress import progress_bar
+    from monai_im.runtime.progress import progress_bar
 
     workers = max(1, num_workers if num_workers is not None else min(8, os.cpu_count() or 1))
     with ThreadPoolExecutor(max_workers=workers) as pool:

@@ -215,7 +215,7 @@ class DatasetCheck:
             else:
                 todo.append((path, is_mask))
         if todo:
-            from monai_im.progress import progress_bar
+            from monai_im.runtime.progress import progress_bar
 
             with ThreadPoolExecutor(max_workers=self.num_workers) as pool:
                 results = pool.map(lambda a: read_facts(a[0], a[1]), todo)

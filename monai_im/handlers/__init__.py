@@ -8,7 +8,7 @@ from monai_im.handlers.mlflow_handler import (
     datalist_dataset,
     find_bundle_config,
 )
-from monai_im.handlers.progress import EpochProgressBar
+from monai_im.runtime.epoch_progress import EpochProgressBar
 
 __all__ = [
     "EpochProgressBar",

@@ -92,7 +92,7 @@ def _never_raises(hook: Callable) -> Callable:
 
 
 class MLflowStudyHandler:
-    """Log a :class:`~monai_im.engines.SelfTrainingStudy` to MLflow, without ever stopping it.
+    """Log a :class:`~monai_im.selftrain.SelfTrainingStudy` to MLflow, without ever stopping it.
 
     Args:
         output_dir: the study's output folder; holds the default sqlite store (``mlflow.db``), the
@@ -142,8 +142,8 @@ class MLflowStudyHandler:
 
     def attach(self, study: Any) -> None:
         """Check the tracking store (one line and exit if it cannot be used), then register with the study's
-        events (:class:`monai_im.engines.events.StudyEvents`)."""
-        from monai_im.engines.events import StudyEvents
+        events (:class:`monai_im.selftrain.events.StudyEvents`)."""
+        from monai_im.selftrain.events import StudyEvents
 
         check_tracking_uri(self.tracking_uri, hint=self.uri_hint)
         for event, handler in (

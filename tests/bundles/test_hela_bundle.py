@@ -67,7 +67,7 @@ def test_run_settings_come_from_the_top_level_keys():
     import torch
     from monai.bundle import ConfigParser
 
-    from monai_im.engines import RunSettings
+    from monai_im.runtime import RunSettings
 
     parser = ConfigParser()
     parser.read_config(TRAIN)

@@ -48,8 +48,8 @@ def mlflow_runs(output_dir: Path, experiment: str = "isic_im_demo"):
 
 @pytest.mark.slow
 def test_study_end_to_end_then_resume_after_interruption(isic_tiny, tmp_path, monkeypatch):
-    import monai_im.engines.pseudo_label as pl_mod
-    import monai_im.engines.study as study_mod
+    import monai_im.selftrain.pseudo_label as pl_mod
+    import monai_im.selftrain.study as study_mod
 
     out = tmp_path / "run"
     real_train = study_mod.train_student
@@ -246,8 +246,8 @@ def test_bundle_inference_runs_the_network_with_run_settings(tmp_path, monkeypat
     import torch
     from monai.bundle import run
 
-    from monai_im.engines import RunSettings
     from monai_im.networks import IMUNet
+    from monai_im.runtime import RunSettings
 
     seen: list[tuple] = []
     real_forward = IMUNet.forward

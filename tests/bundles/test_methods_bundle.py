@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from monai_im.engines.methods import METHODS
+from monai_im.methods import METHODS
 
 REPO = Path(__file__).resolve().parents[2]
 #: methods whose students learn from a quality estimator (EvalNet needs 64 x 64 inputs)

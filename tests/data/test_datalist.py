@@ -8,13 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from monai_im.data import (
-    DATALIST_KEYS,
-    DatasetNotFoundError,
-    load_datalist,
-    split_labeled,
-    write_datalist,
-)
+from monai_im.data import DATALIST_KEYS, DatasetNotFoundError, load_datalist, split_labeled, write_datalist
 
 
 def _dataset(root: Path, datalist: dict) -> Path:

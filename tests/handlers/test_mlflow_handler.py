@@ -11,9 +11,9 @@ import torch
 from ignite.engine import Engine, Events
 from mlflow import MlflowClient
 
-from monai_im.engines import StudentResult
-from monai_im.engines.events import StudyEventRegistry
 from monai_im.handlers import MLflowStudyHandler
+from monai_im.selftrain import StudentResult
+from monai_im.selftrain.events import StudyEventRegistry
 
 
 class FakeStudy(StudyEventRegistry):

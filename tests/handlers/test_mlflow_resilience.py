@@ -17,10 +17,10 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, TEMPORARILY_UNAVAILABLE
 
-from monai_im.engines import StudentResult
-from monai_im.engines.events import StudyEventRegistry
 from monai_im.handlers import MLflowStudyHandler, check_tracking_uri, datalist_dataset
 from monai_im.handlers.mlflow_handler import EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND
+from monai_im.selftrain import StudentResult
+from monai_im.selftrain.events import StudyEventRegistry
 
 
 class FakeStudy(StudyEventRegistry):

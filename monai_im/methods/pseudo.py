@@ -1,0 +1,177 @@
+"""Methods that pseudo-label with teacher agreement: Model Ensemble, Input Ensemble, IM and AIM."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from monai_im.methods.base import Method, PseudoLabels
+from monai_im.methods.labeled import AugmentedLabeled, augmented_copies
+from monai_im.transforms import accept_pseudo_labels, inconsistency_mask
+
+__all__ = ["ModelEnsemble", "InputEnsemble", "InconsistencyMask", "AugmentedInconsistencyMask", "consensus"]
+
+
+def consensus(probs: torch.Tensor, mode: str, threshold: float) -> torch.Tensor:
+    """The Model Ensemble label of stacked probabilities (E, B, C, *spatial), nothing cut out.
+
+    Binary: foreground where all members agree (IM_METHOD section 4); multiclass: argmax of the mean
+    softmax (B, 1, *spatial); multilabel: mean probability above ``threshold``.
+    """
+    if mode == "binary":
+        return (probs > threshold).all(dim=0).to(probs.dtype)
+    if mode == "multiclass":
+        return probs.mean(dim=0).argmax(dim=1, keepdim=True).to(probs.dtype)
+    return (probs.mean(dim=0) > threshold).to(probs.dtype)
+
+
+class ModelEnsemble(Method):
+    """Model Ensemble: pseudo-labels from the teachers' consensus (:func:`consensus`), nothing cut out.
+
+    Images with no foreground are dropped.
+    """
+
+    name = "model_ensemble"
+    makes_pseudo_labels = True
+
+    def __call__(self, probs: torch.Tensor, images: torch.Tensor | None = None) -> PseudoLabels:
+        label = consensus(probs, self.mode, self.threshold)
+        accepted = label.flatten(1).gt(0).any(dim=1)
+        return PseudoLabels(label=label, im=None, accepted=accepted)
+
+
+class InputEnsemble(ModelEnsemble):
+    """Input Ensemble: ONE teacher (the best) on ``views`` flipped/rotated copies of each image, every
+    prediction mapped back, pseudo-labels from their consensus (as Model Ensemble, nothing cut out).
+
+    Args:
+        mode: "binary", "multiclass" or "multilabel".
+        threshold: foreground threshold (binary, multilabel).
+        views: how many views (the identity first, then flips and 90-degree rotations; see
+            :func:`monai_im.methods.blocks.input_views`).
+    """
+
+    name = "input_ensemble"
+
+    def __init__(self, mode: str = "binary", threshold: float = 0.5, views: int = 3) -> None:
+        super().__init__(mode=mode, threshold=threshold)
+        if int(views) < 2:
+            raise ValueError(f"input_ensemble needs at least 2 views, got {views}")
+        self.views = int(views)
+
+    def teacher_count(self, num_teachers: int) -> int:  # noqa: D102
+        return 1
+
+    def predict(self, teachers, images, inferer=None):  # noqa: D102
+        from monai_im.methods.blocks import input_views, predict_views
+
+        spatial = tuple(images.shape[2:])
+        views = input_views(self.views, spatial_dims=len(spatial), square=len(set(spatial[:2])) == 1)
+        return predict_views(teachers[0], images, views, inferer)
+
+    def describe(self) -> dict[str, Any]:  # noqa: D102
+        return {**super().describe(), "views": self.views}
+
+
+class InconsistencyMask(Method):
+    """IM: keep what all teachers agree on, cut the disagreement out of image and pseudo-label.
+
+    Args:
+        mode: "binary", "multiclass" or "multilabel" (IM_METHOD section 1).
+        threshold: foreground threshold of each teacher (binary, multilabel).
+        dilation: kernel size of an optional IM dilation (0 = none, as in the paper).
+        min_foreground: an image is kept only with at least this many agreed foreground pixels.
+        foreground_exceeds_im: the paper's rule: keep only if the agreed foreground is larger than the IM.
+        max_im_fraction: also reject images whose IM covers more than this fraction.
+    """
+
+    name = "im"
+    makes_pseudo_labels = True
+
+    def __init__(
+        self,
+        mode: str = "binary",
+        threshold: float = 0.5,
+        dilation: int = 0,
+        min_foreground: int = 1,
+        foreground_exceeds_im: bool = True,
+        max_im_fraction: float | None = None,
+    ) -> None:
+        super().__init__(mode=mode, threshold=threshold)
+        self.dilation = dilation
+        self.min_foreground = min_foreground
+        self.foreground_exceeds_im = foreground_exceeds_im
+        self.max_im_fraction = max_im_fraction
+
+    def __call__(self, probs: torch.Tensor, images: torch.Tensor | None = None) -> PseudoLabels:
+        label, im = inconsistency_mask(
+            probs, mode=self.mode, threshold=self.threshold, dilation=self.dilation
+        )
+        accepted = accept_pseudo_labels(
+            label,
+            im,
+            mode=self.mode,
+            min_foreground=self.min_foreground,
+            foreground_exceeds_im=self.foreground_exceeds_im,
+            max_im_fraction=self.max_im_fraction,
+        )
+        return PseudoLabels(label=label, im=im, accepted=accepted)
+
+    def describe(self) -> dict[str, Any]:  # noqa: D102
+        return {
+            **super().describe(),
+            "im_dilation": self.dilation,
+            "min_foreground": self.min_foreground,
+            "foreground_exceeds_im": self.foreground_exceeds_im,
+            "max_im_fraction": self.max_im_fraction,
+        }
+
+
+class AugmentedInconsistencyMask(InconsistencyMask):
+    """AIM: Inconsistency Masks on augmented training pairs, starting from ALDT teachers.
+
+    Generation 0 is ALDT (each labeled image plus ``copies`` augmented views); every later generation
+    trains on the labeled images (once each, or with their ``copies`` when ``augment_labeled``) and the
+    IM pseudo-labeled pairs, every item through ``augmentation`` (fresh random views each epoch; an IM
+    pair is flipped and rotated together with its pseudo-label). A generation whose teachers have no
+    accepted pseudo-label falls back to the generation-0 set.
+
+    Args:
+        copies: augmented views per labeled image besides the image itself.
+        augmentation: random dictionary transforms for ``image``, ``label`` (and ``im``) (default
+            :func:`monai_im.transforms.paper_augmentation`).
+        augment_labeled: keep the labeled images' ``copies`` in later generations too (AIM+).
+        kwargs: the options of :class:`InconsistencyMask`.
+    """
+
+    name = "aim"
+    augment_labeled: bool = False
+
+    def __init__(
+        self,
+        mode: str = "binary",
+        copies: int = 9,
+        augmentation: Callable | None = None,
+        augment_labeled: bool | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(mode=mode, **kwargs)
+        aldt = AugmentedLabeled(mode=mode, copies=copies, augmentation=augmentation)
+        self.copies = aldt.copies
+        self.default_augmentation = aldt.default_augmentation
+        if augment_labeled is not None:
+            self.augment_labeled = bool(augment_labeled)
+
+    def training_items(self, datalist, pseudo_items, generation=0):  # noqa: D102
+        labeled = augmented_copies(datalist["labeled"], self.copies)
+        if not pseudo_items:
+            return labeled
+        if not self.augment_labeled:
+            labeled = [dict(it) for it in datalist["labeled"]]
+        return labeled + [dict(it) for it in pseudo_items]
+
+    def describe(self) -> dict[str, Any]:  # noqa: D102
+        desc = {**super().describe(), "augmented_copies": self.copies}
+        return {**desc, "augment_labeled": True} if self.augment_labeled else desc

@@ -1,0 +1,158 @@
+"""Volumes end to end: the pseudo-label format (PNG / NIfTI with the affine), the volume transforms and
+sliding-window pseudo-labelling of a volume larger than the patch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.inferers import SlidingWindowInferer
+from monai.transforms import LoadImage
+
+from monai_im.methods import build_method
+from monai_im.networks import IMUNet
+from monai_im.selftrain import PseudoLabeler
+from monai_im.transforms import (
+    PseudoLabelFormat,
+    image_segmentation_transforms,
+    volume_patch_transforms,
+    volume_segmentation_transforms,
+)
+
+# an LPS-like affine with non-isotropic spacing and an offset origin, as CT scanners write them
+AFFINE = np.array([[-1.5, 0, 0, 120.0], [0, -1.5, 0, 90.0], [0, 0, 3.0, -200.0], [0, 0, 0, 1]])
+
+
+def _ct(path: Path, shape=(40, 36, 20), seed=0, classes=3) -> tuple[Path, Path]:
+    """A CT-like volume (HU) with ``classes - 1`` box organs, and its label map, as NIfTI."""
+    rng = np.random.default_rng(seed)
+    hu = np.full(shape, -1000, dtype=np.int16)
+    hu[4:-4, 4:-4, :] = 40 + rng.integers(-20, 20, size=(shape[0] - 8, shape[1] - 8, shape[2])).astype(
+        np.int16
+    )
+    label = np.zeros(shape, dtype=np.uint8)
+    for c in range(1, classes):
+        x0 = 6 + 12 * (c - 1)
+        label[x0 : x0 + 10, 10:26, 4:16] = c
+        hu[x0 : x0 + 10, 10:26, 4:16] = 120 * c
+    image_file, label_file = path / f"ct{seed}.nii.gz", path / f"ct{seed}_label.nii.gz"
+    nib.save(nib.Nifti1Image(hu, AFFINE), image_file)
+    nib.save(nib.Nifti1Image(label, AFFINE), label_file)
+    return image_file, label_file
+
+
+def test_2d_masks_are_written_0_255_and_class_maps_as_indices(tmp_path):
+    mask = np.zeros((1, 8, 6), np.float32)
+    mask[0, 2:5, 1:4] = 1
+    binary = PseudoLabelFormat("binary").write_label(tmp_path / "m.png", mask)
+    assert set(np.unique(np.asarray(LoadImage(image_only=True)(binary)))) == {0, 255}
+    classes = mask * 2
+    classes[0, 0, 0] = 1
+    multi = PseudoLabelFormat("multiclass").write_label(tmp_path / "c.png", classes)
+    read = image_segmentation_transforms((8, 6), num_channels=1, mode="multiclass", label_channels=3)
+    image = tmp_path / "i.png"
+    PseudoLabelFormat().write_image(image, np.zeros((1, 8, 6), np.float32))
+    out = read({"image": str(image), "label": str(multi)})
+    assert torch.equal(out["label"], torch.as_tensor(classes))  # class 2 stays 2 (not 2 * 255)
+
+
+def test_volume_pseudo_labels_are_nifti_with_the_affine(tmp_path):
+    files = PseudoLabelFormat("multiclass")
+    assert files.suffix(3) == ".nii.gz" and files.suffix(2) == ".png"
+    label = np.random.default_rng(0).integers(0, 4, size=(1, 6, 5, 4)).astype(np.float32)
+    path = files.write_label(files.path(tmp_path, "case", 3), label, AFFINE)
+    img = nib.load(path)
+    np.testing.assert_allclose(img.affine, AFFINE)
+    assert img.get_data_dtype() == np.uint8
+    np.testing.assert_array_equal(np.asarray(img.dataobj), label[0].astype(np.uint8))
+    im = files.write_im(tmp_path / "im.nii.gz", (label > 2).astype(np.float32), AFFINE)
+    assert set(np.unique(np.asarray(nib.load(im).dataobj))) <= {0, 1}
+    with pytest.raises(ValueError, match="2D or 3D"):
+        files.suffix(4)
+
+
+def test_volume_transforms_reorient_resample_and_window(tmp_path):
+    image, label = _ct(tmp_path)
+    out = volume_segmentation_transforms(pixdim=(3.0, 3.0, 3.0), num_classes=3)(
+        {"image": str(image), "label": str(label)}
+    )
+    assert out["image"].shape == (1, 20, 18, 20)  # 40 x 1.5 mm -> 20 x 3 mm; z keeps 3 mm
+    assert float(out["image"].min()) == 0.0 and float(out["image"].max()) <= 1.0
+    assert set(torch.unique(out["label"]).tolist()) == {0.0, 1.0, 2.0}
+    assert tuple(nib.aff2axcodes(out["image"].affine.numpy())) == ("R", "A", "S")
+    patches = volume_patch_transforms(
+        volume_segmentation_transforms(pixdim=(3.0, 3.0, 3.0), num_classes=3),
+        patch_size=(8, 8, 8),
+        num_classes=3,
+        num_samples=3,
+    )({"image": str(image), "label": str(label)})
+    assert len(patches) == 3 and all(p["image"].shape == (1, 8, 8, 8) for p in patches)
+
+
+def test_sliding_window_pseudo_labelling_of_a_volume_larger_than_the_patch(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    items = [{"image": str(_ct(data, seed=s)[0])} for s in range(2)]
+    transform = volume_segmentation_transforms(pixdim=(3.0, 3.0, 3.0), num_classes=3)
+    torch.manual_seed(0)
+    teachers = [IMUNet(3, 1, 3, alpha=0.25).eval() for _ in range(2)]
+    inferer = SlidingWindowInferer(roi_size=(16, 16, 16), sw_batch_size=4, overlap=0.25)  # volume: 20x18x20
+    method = build_method("im", mode="multiclass", min_foreground=0, foreground_exceeds_im=False)
+    labeler = PseudoLabeler(method, inferer=inferer, batch_size=1, progress=False)
+    result = labeler(teachers, items, transform, tmp_path / "pl")
+    assert len(result.items) == 2
+    for item, original in zip(result.items, items):
+        assert item["image"] == original["image"] and item["label"].endswith(".nii.gz")
+        preprocessed = transform({"image": original["image"]})["image"]
+        label = nib.load(item["label"])
+        np.testing.assert_allclose(label.affine, preprocessed.affine.numpy(), atol=1e-4)
+        assert label.shape == tuple(preprocessed.shape[1:])
+        # the written label is the teachers' ensemble on the whole volume (argmax of the mean), outside the IM
+        x = preprocessed.as_tensor()[None]
+        with torch.no_grad():
+            probs = torch.stack([torch.softmax(inferer(x, t), 1) for t in teachers])
+        expected = probs.mean(0).argmax(1)[0].numpy()
+        im = np.asarray(nib.load(item["im"]).dataobj) > 0
+        written = np.asarray(label.dataobj)
+        agreement = (written[~im] == expected[~im]).mean()
+        assert agreement > 0.99  # bf16 teachers on CPU may flip a few near-tied voxels
+        # read back for training: label and IM land on the grid of the original volume
+        back = transform({"image": original["image"], "label": item["label"], "im": item["im"]})
+        assert back["label"].shape == back["image"].shape
+    assert (tmp_path / "pl" / "im_figure.png").is_file()
+
+
+def test_the_2d_chain_reads_2d_nifti_images_and_masks(tmp_path):
+    from monai_im.data.preflight import read_facts
+
+    rng = np.random.default_rng(0)
+    image = (rng.random((20, 24)) * 255).astype(np.uint8)
+    mask = np.zeros((20, 24), np.uint8)
+    mask[5:10, 4:12] = 1
+    nib.save(nib.Nifti1Image(image, np.eye(4)), tmp_path / "i.nii.gz")
+    nib.save(nib.Nifti1Image(mask, np.eye(4)), tmp_path / "m.nii.gz")
+    out = image_segmentation_transforms((20, 24), num_channels=1)(
+        {"image": str(tmp_path / "i.nii.gz"), "label": str(tmp_path / "m.nii.gz")}
+    )
+    np.testing.assert_allclose(out["image"][0].numpy(), image / 255.0, atol=1e-6)
+    np.testing.assert_array_equal(out["label"][0].numpy(), mask)
+    facts = read_facts(tmp_path / "i.nii.gz")
+    assert facts.error is None and facts.shape == [1, 20, 24] and facts.value_range == [0.0, 255.0]
+
+
+def test_patches_of_a_volume_whose_label_is_all_ignored_are_uniform(tmp_path):
+    from monai_im.transforms.presets import ClassBalancedPatchesd
+
+    crop = ClassBalancedPatchesd(["image", "label"], "label", (4, 4, 4), num_classes=3, num_samples=2)
+    crop.set_random_state(0)
+    image = torch.rand(1, 8, 8, 8)
+    ignored = {"image": image, "label": torch.full((1, 8, 8, 8), -1.0)}
+    patches = crop(ignored)
+    assert len(patches) == 2 and all(p["image"].shape == (1, 4, 4, 4) for p in patches)
+    label = torch.zeros(1, 8, 8, 8)
+    label[0, 6:, 6:, 6:] = 2  # a small organ in a corner: patches centred on it are drawn too
+    centred = [crop({"image": image, "label": label}) for _ in range(6)]
+    assert any(bool((p["label"] == 2).any()) for ps in centred for p in ps)
