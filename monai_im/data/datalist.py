@@ -21,6 +21,7 @@ from monai_im.io import atomic_write_json, load_json
 __all__ = [
     "DATALIST_KEYS",
     "DatasetNotFoundError",
+    "entry_problems",
     "load_datalist",
     "write_datalist",
     "split_labeled",
@@ -117,11 +118,13 @@ def _image_size(file: str, where: str) -> tuple[int, int] | None:
     """(width, height) from a 2D image's header, None for formats PIL does not handle here."""
     if Path(file).suffix.lower() not in IMAGE_EXTENSIONS:
         return None
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
 
-    try:
-        with Image.open(file) as im:
-            return im.size
+    from monai_im.transforms.readers import read_header
+
+    try:  # the header only, without PIL's refusal of large images
+        header = read_header(file)
+        return None if header is None else (int(header.shape[0]), int(header.shape[1]))
     except (UnidentifiedImageError, OSError) as e:
         raise ValueError(f"{where}: {file} is not a readable image ({e})") from e
 
@@ -135,6 +138,57 @@ def _check_image_pair(item: Mapping[str, Any], where: str) -> None:
                 f"{where}: {field} {item[field]} is {size[0]}x{size[1]} but its image {item['image']} is "
                 f"{image_size[0]}x{image_size[1]}"
             )
+
+
+def _same_file_key(path: str) -> str:
+    return os.path.normcase(os.path.realpath(path))
+
+
+def _entries(indices: Sequence[int]) -> str:
+    return ("entry " if len(indices) == 1 else "entries ") + ", ".join(str(i) for i in indices)
+
+
+def entry_problems(datalist: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[str]:
+    """Images listed more than once where that silently skews a study, one line each naming the entries.
+
+    - the same image twice in one list (it is trained or measured twice);
+    - the same image in two of ``labeled``, ``validation`` and ``test`` (the metrics then measure
+      training data, or validation data is reported as test);
+    - a ``labeled`` image also ``unlabeled`` (its own pseudo-label competes with its label).
+
+    Images are compared as files (links resolved), whatever the spelling of their paths.
+
+    Args:
+        datalist: the datalist (paths as from :func:`load_datalist`).
+    """
+    where: dict[str, dict[str, list[int]]] = {}
+    names: dict[str, str] = {}
+    for key in DATALIST_KEYS:
+        for i, item in enumerate(datalist.get(key, [])):
+            file = _same_file_key(str(item["image"]))
+            names.setdefault(file, str(item["image"]))
+            where.setdefault(file, {}).setdefault(key, []).append(i)
+    problems = []
+    for file, lists in where.items():
+        name = names[file]
+        for key, indices in lists.items():
+            if len(indices) > 1:
+                problems.append(
+                    f"{name}: listed {len(indices)} times in {key} ({_entries(indices)}); list each image once"
+                )
+        split = [k for k in ("labeled", "validation", "test") if k in lists]
+        if len(split) > 1:
+            places = " and ".join(f"{k} ({_entries(lists[k])})" for k in split)
+            problems.append(
+                f"{name}: listed in {places}; an image belongs to one of labeled, validation and test, "
+                "or the metrics measure images the network was trained or selected on"
+            )
+        if "labeled" in lists and "unlabeled" in lists:
+            problems.append(
+                f"{name}: listed in labeled ({_entries(lists['labeled'])}) and unlabeled "
+                f"({_entries(lists['unlabeled'])}); remove it from unlabeled"
+            )
+    return problems
 
 
 def write_datalist(path: str | os.PathLike, datalist: Mapping[str, Sequence[Mapping[str, Any]]]) -> Path:

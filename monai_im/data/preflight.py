@@ -18,20 +18,23 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from monai_im.constants import IM_MODES
+from monai_im.data.datalist import entry_problems
+from monai_im.data.file_facts import FACTS_VERSION, FileFacts, read_facts
+from monai_im.data.preflight_rules import (
+    dataset_warnings,
+    fmt,
+    foreground_rule_problems,
+    geometry_difference,
+)
 from monai_im.io import atomic_write_json, load_json
 from monai_im.transforms.array import converts_channels
-from monai_im.transforms.encoding import (
-    Image2DReader,
-    IntensityRange,
-    distinct_values,
-    image_value_range,
-    label_channel_problem,
-)
+from monai_im.transforms.encoding import IntensityRange, label_channel_problem
+from monai_im.transforms.readers import MAX_VOXELS
 from monai_im.utils import as_bool
 
 __all__ = ["FileFacts", "DatasetCheck", "DatasetCheckError", "read_facts", "load_checked_datalist"]
@@ -39,8 +42,6 @@ __all__ = ["FileFacts", "DatasetCheck", "DatasetCheckError", "read_facts", "load
 logger = logging.getLogger("monai_im")
 
 CACHE_NAME = ".dataset_check_cache.json"
-#: distinct values kept per mask (enough to show what a mask holds).
-MAX_VALUES = 16
 #: tolerance of the [0, 1] check of floating-point images.
 FLOAT_TOLERANCE = 1e-3
 
@@ -52,84 +53,6 @@ class DatasetCheckError(ValueError):
         super().__init__("\n".join([*problems, summary]))
         self.problems = list(problems)
         self.summary = summary
-
-
-@dataclass
-class FileFacts:
-    """What decoding one file found (cached between runs)."""
-
-    size: int
-    mtime_ns: int
-    error: str | None = None
-    shape: list[int] = field(default_factory=list)
-    dtype: str = ""
-    mode: str | None = None
-    value_range: list[float] | None = None  # the stored type's range; None for float data
-    range_error: str | None = None
-    minimum: float = 0.0
-    maximum: float = 0.0
-    finite: bool = True
-    values: list[float] = field(default_factory=list)  # up to MAX_VALUES distinct values
-    num_values: int = 0
-    channels_identical: bool = True
-
-
-def _reader_for(path: str | os.PathLike) -> Any:
-    """The reader training uses for ``path``: volumes (NIfTI, NRRD, MHA, DICOM) or 2D images."""
-    from monai_im.transforms.readers import VolumeReader
-
-    volume = VolumeReader()
-    return volume if volume.verify_suffix(str(path)) or Path(path).is_dir() else Image2DReader()
-
-
-def read_facts(path: str | os.PathLike, with_values: bool = False) -> FileFacts:
-    """Decode ``path`` completely (MONAI ``LoadImage`` with the reader training uses) and describe it.
-
-    Args:
-        path: the file.
-        with_values: also count the distinct values and compare the channels (masks).
-    """
-    import torch
-    from monai.transforms import LoadImage
-
-    st = os.stat(path)
-    facts = FileFacts(size=st.st_size, mtime_ns=st.st_mtime_ns)
-    try:
-        img = LoadImage(image_only=True, dtype=None, ensure_channel_first=True, reader=_reader_for(path))(
-            str(path)
-        )
-    except Exception as e:  # any decoder failure: truncated, not an image, unknown format
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if "cannot find a suitable reader" in reason:
-            reason = "not a readable image (truncated, corrupt or of an unsupported format)"
-        facts.error = reason
-        return facts
-    t = img.as_tensor()
-    facts.shape = [int(s) for s in t.shape]
-    facts.mode = img.meta.get("mode") if isinstance(img.meta.get("mode"), str) else None
-    facts.dtype = str(t.dtype).replace("torch.", "")
-    try:
-        bounds = image_value_range(img)
-        facts.value_range = list(bounds) if bounds is not None else None
-    except ValueError as e:
-        facts.range_error = str(e).split(": ", 1)[-1]
-    values = t.to(torch.uint8) if t.dtype == torch.bool else t  # integer min/max without a float copy
-    if t.is_floating_point():
-        facts.finite = bool(torch.isfinite(t).all())
-        if not facts.finite:
-            values = t[torch.isfinite(t)]
-    if values.numel():
-        facts.minimum, facts.maximum = float(values.min()), float(values.max())
-    if with_values:
-        facts.values, facts.num_values = distinct_values(t, MAX_VALUES)
-        if t.shape[0] in (3, 4):
-            colour = t[:3]
-            facts.channels_identical = bool((colour == colour[:1]).all())
-    return facts
-
-
-def _fmt(v: float) -> str:
-    return str(int(v)) if float(v).is_integer() else f"{v:.4g}"
 
 
 class DatasetCheck:
@@ -155,6 +78,13 @@ class DatasetCheck:
         cache_dir: folder for the cache file (never the dataset folder); None: no cache.
         num_workers: decoding threads (default: the CPU count, at most 8).
         progress: show a progress bar while decoding.
+        allow_misaligned_labels: accept volume labels whose header places them elsewhere than their
+            image (spacing, axis directions or origin differ beyond the tolerances of
+            :func:`~monai_im.data.preflight_rules.geometry_difference`). Training reads each file by its
+            own header: both are reoriented and resampled to ``pixdim`` alone, then paired voxel by
+            voxel from their first voxel; an origin offset is not corrected.
+        max_voxels: the largest number of values (voxels times channels) a file's header may declare;
+            a larger file is refused from its header alone, before any memory is taken.
     """
 
     def __init__(
@@ -169,6 +99,8 @@ class DatasetCheck:
         cache_dir: str | os.PathLike | None = None,
         num_workers: int | None = None,
         progress: bool = True,
+        allow_misaligned_labels: bool = False,
+        max_voxels: int = MAX_VOXELS,
     ) -> None:
         if mode not in IM_MODES:
             raise ValueError(f"Unknown mode {mode!r}; expected one of {', '.join(IM_MODES)}.")
@@ -182,6 +114,9 @@ class DatasetCheck:
         self.cache_file = Path(cache_dir) / CACHE_NAME if cache_dir is not None else None
         self.num_workers = num_workers or min(8, os.cpu_count() or 1)
         self.progress = as_bool(progress, "progress")
+        self.allow_misaligned_labels = as_bool(allow_misaligned_labels, "allow_misaligned_labels")
+        self.max_voxels = int(max_voxels)
+        self.warnings: list[str] = []
 
     # ------------------------------------------------------------------ decoding
     def _load_cache(self) -> dict[str, Any]:
@@ -207,8 +142,11 @@ class DatasetCheck:
             hit = cache.get(path)
             if (
                 isinstance(hit, dict)
+                and hit.get("version") == FACTS_VERSION
                 and hit.get("size") == st.st_size
                 and hit.get("mtime_ns") == st.st_mtime_ns
+                and not hit.get("size_refused")  # re-checked under the current max_voxels
+                and hit.get("declared_values", 0) <= self.max_voxels
                 and (not is_mask or hit.get("num_values", 0) > 0 or hit.get("error"))
             ):
                 out[path] = FileFacts(**hit)
@@ -218,7 +156,7 @@ class DatasetCheck:
             from monai_im.runtime.progress import progress_bar
 
             with ThreadPoolExecutor(max_workers=self.num_workers) as pool:
-                results = pool.map(lambda a: read_facts(a[0], a[1]), todo)
+                results = pool.map(lambda a: read_facts(a[0], a[1], self.max_voxels), todo)
                 bar = progress_bar(
                     results,
                     total=len(todo),
@@ -270,7 +208,7 @@ class DatasetCheck:
         want = self.out_channels if self.mode == "multilabel" else 1
         if want == 1 and f.shape[0] in (3, 4) and not f.channels_identical:
             return f"mask has {f.shape[0]} different colour channels; a {self.mode} mask needs 1"
-        values = ", ".join(_fmt(v) for v in f.values) + (" ..." if f.num_values > len(f.values) else "")
+        values = ", ".join(fmt(v) for v in f.values) + (" ..." if f.num_values > len(f.values) else "")
         if self.mode == "multiclass":
             ok = all(float(v).is_integer() and 0 <= v < self.out_channels for v in f.values)
             if not ok or f.num_values > len(f.values):
@@ -279,13 +217,13 @@ class DatasetCheck:
             return (
                 f"mask holds {f.num_values} distinct values {{{values}}}; a {self.mode} mask holds two "
                 f"(e.g. 0/1 or 0/255); fix the masks or set binarize_labels to read them as "
-                f"label > {_fmt(self.label_threshold)}"
+                f"label > {fmt(self.label_threshold)}"
             )
         return None
 
     # ------------------------------------------------------------------ the check
     def problems(self, datalist: Mapping[str, Sequence[Mapping[str, Any]]]) -> tuple[list[str], int]:
-        """Every problem (one line per file) and the number of files checked."""
+        """Every problem (one line each) and the number of files checked; warnings go to ``warnings``."""
         files: dict[str, bool] = {}
         for entries in datalist.values():
             for item in entries:
@@ -302,7 +240,7 @@ class DatasetCheck:
             if f is None:
                 report(path, "file does not exist")
             elif f.error:
-                report(path, f.error if "image" in f.error else f"cannot be decoded ({f.error})")
+                report(path, f.error)
             else:
                 problem = self.label_problem(f) if files[path] else self.image_problem(f)
                 if problem:
@@ -310,54 +248,58 @@ class DatasetCheck:
         for entries in datalist.values():
             for item in entries:
                 img, lab = facts.get(str(item["image"])), facts.get(str(item.get("label", "")))
-                if img is None or lab is None or img.error or lab.error:
-                    continue
-                if img.shape[1:] != lab.shape[1:]:
-                    report(
-                        str(item["label"]),
-                        f"mask size {'x'.join(map(str, lab.shape[1:]))} differs from its image "
-                        f"{item['image']} ({'x'.join(map(str, img.shape[1:]))})",
-                    )
-        problems_list = list(problems.values())
-        if not problems_list and self.mode != "multiclass":
-            problems_list += self._rule_problems(datalist, facts)
+                if img is not None and lab is not None and not img.error and not lab.error:
+                    problem = self.pair_problem(img, lab, str(item["image"]))
+                    if problem:
+                        report(str(item["label"]), problem)
+        problems_list = entry_problems(datalist) + list(problems.values())
+        if not problems_list:
+            masks = [
+                facts[str(item["label"])]
+                for key in ("labeled", "validation")
+                for item in datalist.get(key, [])
+                if "label" in item and facts.get(str(item["label"])) is not None
+            ]
+            problems_list += foreground_rule_problems(self.mode, self.label_threshold, masks)
+        images = {p: f for p, f in facts.items() if f is not None and not files[p] and not f.error}
+        self.warnings = dataset_warnings(images, self.intensity_range)
         return problems_list, len(files)
 
-    def _rule_problems(
-        self, datalist: Mapping[str, Sequence[Mapping[str, Any]]], facts: Mapping[str, FileFacts | None]
-    ) -> list[str]:
-        """A foreground rule that makes every labeled/validation mask empty, or every one full."""
-        masks = [
-            facts[str(item["label"])]
-            for key in ("labeled", "validation")
-            for item in datalist.get(key, [])
-            if "label" in item
-        ]
-        masks = [m for m in masks if m is not None]
-        if not masks:
-            return []
-        t = self.label_threshold
-        values = sorted({v for m in masks for v in m.values})
-        shown = ", ".join(_fmt(v) for v in values[:MAX_VALUES])
-        if all(m.maximum <= t for m in masks):
-            return [
-                f"every labeled and validation mask is empty under the foreground rule label > {_fmt(t)} "
-                f"(mask values found: {{{shown}}}); set label_threshold below the foreground value"
-            ]
-        if all(m.minimum > t for m in masks):
-            return [
-                f"every labeled and validation mask is all foreground under the rule label > {_fmt(t)} "
-                f"(mask values found: {{{shown}}}); set label_threshold to the background value"
-            ]
-        return []
+    def pair_problem(self, img: FileFacts, lab: FileFacts, image_path: str) -> str | None:
+        """Why a label does not lie on its image (size; geometry of volumes), or None.
+
+        Args:
+            img: the image's facts.
+            lab: the label's facts.
+            image_path: the image file, named in the message.
+        """
+        if img.shape[1:] != lab.shape[1:]:
+            return (
+                f"mask size {'x'.join(map(str, lab.shape[1:]))} differs from its image "
+                f"{image_path} ({'x'.join(map(str, img.shape[1:]))})"
+            )
+        if self.allow_misaligned_labels or img.affine is None or lab.affine is None:
+            return None
+        difference = geometry_difference(lab.affine, img.affine)
+        if difference is None:
+            return None
+        return (
+            f"label does not lie on its image {image_path}: {difference} (label vs image); fix the "
+            "label's header, or set allow_misaligned_labels to use each file by its own header"
+        )
 
     def __call__(self, datalist: Mapping[str, Sequence[Mapping[str, Any]]]) -> Mapping[str, Any]:
         """Check ``datalist`` (absolute paths, as from ``load_datalist``); return it unchanged.
+
+        Warnings (training runs, but the data may not be what it seems) are logged and kept in
+        ``warnings``.
 
         Raises:
             DatasetCheckError: with one line per problem and a summary line.
         """
         problems, n = self.problems(datalist)
+        for warning in self.warnings:
+            logger.warning(f"dataset check: {warning}")
         if problems:
             bad = len({p.split(": ", 1)[0] for p in problems})
             raise DatasetCheckError(

@@ -28,12 +28,12 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.config.type_definitions import NdarrayOrTensor
-from monai.data import PILReader
 from monai.transforms import MapTransform
 from monai.transforms.transform import Transform
 from monai.utils import TransformBackends, convert_to_dst_type, convert_to_tensor
 
 from monai_im.constants import IM_MODES
+from monai_im.transforms.readers import Image2DReader  # noqa: F401 (re-exported; its home is readers)
 
 __all__ = [
     "IntensityRange",
@@ -76,14 +76,6 @@ _DTYPE_RANGES: dict[torch.dtype, tuple[float, float]] = {
     torch.int8: (-128.0, 127.0),
     torch.int16: (-32768.0, 32767.0),
 }
-
-
-class Image2DReader(PILReader):
-    """MONAI's ``PILReader`` that also takes TIFF files (8/16-bit and float), for 2D datasets."""
-
-    def verify_suffix(self, filename: Sequence[str] | str) -> bool:
-        names = [filename] if isinstance(filename, str) else list(filename)
-        return all(str(n).lower().endswith((".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")) for n in names)
 
 
 def source_of(img: Any) -> str:

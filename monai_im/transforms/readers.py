@@ -1,4 +1,10 @@
-"""A MONAI image reader on SimpleITK: NRRD, MetaImage (MHA/MHD) and DICOM series folders.
+"""The image readers of the pipeline: volumes (NIfTI, NRRD, MHA/MHD, DICOM) and 2D images (PIL).
+
+:class:`VolumeReader` reads every volume format and returns one metadata layout whatever the format
+(:data:`VOLUME_META_KEYS`, numeric values only), so that NIfTI, NRRD and MHA items collate in one batch.
+:class:`Image2DReader` reads PNG, JPEG, BMP and TIFF, without PIL's decompression-bomb refusal of large
+images (:data:`MAX_VOXELS` bounds the size instead), turning grey+alpha into grey and CMYK into RGB.
+File headers and their size bound are in :mod:`monai_im.transforms.headers` (re-exported here).
 
 MONAI's ``ITKReader`` needs the ``itk`` package; :class:`SimpleITKReader` gives the same arrays and
 metadata from SimpleITK: the array in MONAI's ``(x, y, z)`` axis order (vector pixels as the last axis),
@@ -21,15 +27,48 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 from monai.config import DtypeLike, PathLike
-from monai.data import ImageReader
+from monai.data import ImageReader, PILReader
 from monai.data.image_reader import _copy_compatible_dict, _stack_images
 from monai.data.utils import orientation_ras_lps
 from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
 
-__all__ = ["SimpleITKReader", "SIMPLEITK_SUFFIXES", "VolumeReader"]
+from monai_im.transforms.headers import (
+    IMAGE_2D_SUFFIXES,
+    MAX_VOXELS,
+    NIFTI_SUFFIXES,
+    SIMPLEITK_SUFFIXES,
+    FileHeader,
+    declared_size_problem,
+    header_size_problem,
+    open_2d,
+    read_header,
+)
 
-#: File name endings read by :class:`SimpleITKReader` (directories are read as DICOM series).
-SIMPLEITK_SUFFIXES: tuple[str, ...] = (".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
+__all__ = [
+    "FileHeader",
+    "IMAGE_2D_SUFFIXES",
+    "Image2DReader",
+    "MAX_VOXELS",
+    "NIFTI_SUFFIXES",
+    "SIMPLEITK_SUFFIXES",
+    "SimpleITKReader",
+    "VOLUME_META_KEYS",
+    "VolumeReader",
+    "declared_size_problem",
+    "header_size_problem",
+    "read_header",
+    "volume_meta",
+]
+
+#: The metadata :class:`VolumeReader` keeps (``LoadImage`` adds ``filename_or_obj``): every format alike.
+VOLUME_META_KEYS: tuple[str, ...] = (
+    MetaKeys.AFFINE,
+    MetaKeys.ORIGINAL_AFFINE,
+    MetaKeys.SPATIAL_SHAPE,
+    MetaKeys.SPACE,
+    MetaKeys.ORIGINAL_CHANNEL_DIM,
+    "spacing",
+)
 
 
 class SimpleITKReader(ImageReader):
@@ -174,6 +213,13 @@ class VolumeReader(ImageReader):
     Given to ``LoadImage(d)(reader=VolumeReader())`` it reads what either reads, picked by the file name,
     without the failed attempts (and their log lines) of a reader that refuses a format.
 
+    The metadata is the same for every format: only :data:`VOLUME_META_KEYS`, with numeric values
+    (``affine`` and ``original_affine`` float64 ``4 x 4``, ``spatial_shape`` int64, ``spacing`` float64
+    from the file's own affine) and ``space``. The format's own header fields (NIfTI's ``pixdim``,
+    ``descrip``..., NRRD's ``NRRD_space``, MHA's ``Modality``, NIfTI fields copied into an MHA by the
+    tool that converted it) are left out: they differ between formats, some are strings, and a batch
+    mixing such items cannot be collated.
+
     Args:
         kwargs: passed to :class:`SimpleITKReader` (``series_id``, ``affine_lps_to_ras``, ``dtype``...).
     """
@@ -187,7 +233,7 @@ class VolumeReader(ImageReader):
 
     def _reader(self, data: Sequence[PathLike] | PathLike) -> ImageReader:
         names = [str(d) for d in ensure_tuple(data)]
-        if all(n.lower().endswith((".nii", ".nii.gz")) for n in names):
+        if all(n.lower().endswith(NIFTI_SUFFIXES) for n in names):
             return self.nifti
         return self.itk
 
@@ -200,4 +246,83 @@ class VolumeReader(ImageReader):
 
     def get_data(self, img: tuple[ImageReader, Any]) -> tuple[np.ndarray, dict]:  # noqa: D102
         reader, image = img
-        return reader.get_data(image)
+        array, meta = reader.get_data(image)
+        return array, volume_meta(meta)
+
+
+def volume_meta(meta: dict) -> dict:
+    """The metadata of :data:`VOLUME_META_KEYS` from a reader's ``meta``, numeric (see :class:`VolumeReader`).
+
+    Args:
+        meta: the metadata a reader's ``get_data`` returned (with ``affine`` and ``spatial_shape``).
+    """
+    affine = np.asarray(meta[MetaKeys.AFFINE], dtype=np.float64)
+    original = np.asarray(meta.get(MetaKeys.ORIGINAL_AFFINE, affine), dtype=np.float64)
+    channel_dim = meta.get(MetaKeys.ORIGINAL_CHANNEL_DIM, float("nan"))
+    return {
+        MetaKeys.AFFINE: affine,
+        MetaKeys.ORIGINAL_AFFINE: original,
+        MetaKeys.SPATIAL_SHAPE: np.asarray(meta[MetaKeys.SPATIAL_SHAPE], dtype=np.int64),
+        MetaKeys.SPACE: meta.get(MetaKeys.SPACE, SpaceKeys.RAS),
+        MetaKeys.ORIGINAL_CHANNEL_DIM: float("nan") if channel_dim == "no_channel" else channel_dim,
+        "spacing": np.sqrt((original[:-1, :-1] ** 2).sum(axis=0)),
+    }
+
+
+def _convert_mode(img: Any) -> Any:
+    """Grey+alpha (``LA``, ``La``) becomes grey, dropping the alpha as RGBA images do; CMYK becomes RGB."""
+    target = {"LA": "L", "La": "L", "CMYK": "RGB"}.get(img.mode)
+    if target is None:
+        return img
+    out = img.convert(target)
+    out.format = img.format  # the metadata of a converted image keeps its file's format
+    img.close()
+    return out
+
+
+class Image2DReader(PILReader):
+    """MONAI's ``PILReader`` for 2D datasets: also TIFF (8/16-bit and float), large images, LA and CMYK.
+
+    - PNG, JPEG, BMP and TIFF files are taken (:data:`IMAGE_2D_SUFFIXES`);
+    - PIL's decompression-bomb refusal of images over about 179 million pixels is not applied; instead
+      a file whose header declares more than ``max_voxels`` values is refused, naming its size;
+    - grey+alpha images (mode ``LA``) are read as grey, their alpha dropped (as RGBA images become RGB);
+      CMYK images (print JPEGs) are converted to RGB by PIL (``convert("RGB")``, without a colour
+      profile) instead of being read as four channels.
+
+    Args:
+        max_voxels: the largest number of values (pixels times channels) of an image.
+        kwargs: passed to ``PILReader`` (``converter``, ``reverse_indexing``, ``Image.open`` arguments).
+    """
+
+    def __init__(self, max_voxels: int = MAX_VOXELS, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.max_voxels = int(max_voxels)
+
+    def verify_suffix(self, filename: Sequence[PathLike] | PathLike) -> bool:  # noqa: D102
+        return all(str(n).lower().endswith(IMAGE_2D_SUFFIXES) for n in ensure_tuple(filename))
+
+    def read(self, data: Sequence[PathLike] | PathLike, **kwargs: Any) -> Any:
+        """Open one image, or several to stack as channels (``PILReader.read``), converted as stated above.
+
+        Args:
+            data: a file name or a sequence of them.
+            kwargs: ``Image.open`` arguments.
+
+        Raises:
+            ValueError: an image whose header declares more than ``max_voxels`` values.
+        """
+        names = ensure_tuple(data)
+        images = [self._read_one(name, {**self.kwargs, **kwargs}) for name in names]
+        return images if len(names) > 1 else images[0]
+
+    def _read_one(self, name: PathLike, kwargs: dict) -> Any:
+        img = open_2d(name, **kwargs)
+        problem = header_size_problem(
+            FileHeader(tuple(img.size), len(img.getbands()), img.mode), self.max_voxels
+        )
+        if problem is not None:
+            img.close()
+            raise ValueError(f"{name}: {problem}")
+        img = _convert_mode(img)
+        return self.converter(img) if callable(self.converter) else img

@@ -135,9 +135,9 @@ def test_results_are_cached_by_size_and_mtime(tmp_path, monkeypatch):
     calls: list[str] = []
     real = preflight_mod.read_facts
 
-    def counting(path, with_values=False):
+    def counting(path, *args, **kwargs):
         calls.append(Path(path).name)
-        return real(path, with_values)
+        return real(path, *args, **kwargs)
 
     monkeypatch.setattr(preflight_mod, "read_facts", counting)
     assert check(root, cache_dir=cache) == []
