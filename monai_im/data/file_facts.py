@@ -35,8 +35,8 @@ MAX_VALUES = 16
 class FileFacts:
     """What decoding one file found (cached between runs).
 
-    ``error`` is the whole one-line problem of a file that cannot be used at all (it does not decode,
-    or its header declares too large a size); the other fields are then empty.
+    ``error`` says why a file cannot be used at all: the decoder's reason, or (``size_refused``) the
+    size its header declares; the other fields are then empty.
     """
 
     size: int
@@ -107,8 +107,7 @@ def read_facts(path: str | os.PathLike, with_values: bool = False, max_voxels: i
     try:
         img = LoadImage(image_only=True, dtype=None, ensure_channel_first=True, reader=reader)(str(path))
     except Exception as e:  # any decoder failure: truncated, not an image, unknown format
-        reason = decode_reason(e)
-        facts.error = reason if "image" in reason else f"cannot be decoded ({reason})"
+        facts.error = decode_reason(e)
         return facts
     t = img.as_tensor()
     facts.shape = [int(s) for s in t.shape]

@@ -15,9 +15,17 @@ reported together, one per line, in an :class:`InferenceInputError`:
   that depends on which other files are in the folder would surprise. Names are compared without
   regard to case, so that a run behaves the same on case-insensitive file systems;
 - existing outputs are kept unless ``overwrite=True``;
-- every input decodes fully (pixel data, not only the header): a truncated PNG or JPEG, a text file
-  named ``.png`` or a broken NIfTI is named and the run is refused, so that a run never stops
-  half-way with part of the masks written. The files are decoded once, in parallel threads.
+- every input decodes fully (pixel data, not only the header) with the reader training uses: a
+  truncated PNG or JPEG, a text file named ``.png`` or a broken NIfTI is named and the run is refused,
+  so that a run never stops half-way with part of the masks written. A file whose header declares
+  more than ``max_voxels`` values is refused from its header alone. The files are decoded once, in
+  parallel threads;
+- with ``in_channels`` / ``spatial_dims`` (the network's), every input has channels the network takes
+  (equal, grey -> N, RGBA -> RGB, RGB -> grey; grey+alpha PNGs are read as grey) and that many
+  spatial dimensions: a 2-channel volume or a 3D volume in a 2D run is named, not met after masks
+  were written;
+- image and volume files in ``input_dir`` that are not inputs of the run (a volume in a 2D run, a PNG
+  in a 3D run: their extension is not in ``extensions``) are named, not skipped without a word.
 
 :func:`plan_inference_or_exit` is the form for bundle JSON: the problems end the program as
 ``error: ...`` lines instead of a traceback.
@@ -32,19 +40,24 @@ from pathlib import Path
 from typing import Any
 
 from monai_im.data.datalist import IMAGE_EXTENSIONS
-from monai_im.transforms.io import NIFTI_EXTENSIONS, segmentation_file_name
+from monai_im.data.file_facts import read_facts
+from monai_im.transforms.array import converts_channels
+from monai_im.transforms.headers import MAX_VOXELS
+from monai_im.transforms.io import segmentation_file_name
 from monai_im.utils import as_bool
 
 __all__ = [
     "InferenceInputError",
     "VOLUME_EXTENSIONS",
     "decode_error",
+    "input_problem",
     "plan_inference",
     "plan_inference_or_exit",
 ]
 
-#: NIfTI volumes, for 3D bundles: ``extensions=IMAGE_EXTENSIONS + VOLUME_EXTENSIONS`` takes both kinds.
-VOLUME_EXTENSIONS = (".nii", ".nii.gz")
+#: Volume files (NIfTI, NRRD, MetaImage), for 3D bundles: ``extensions=VOLUME_EXTENSIONS``; the masks of
+#: all of them are written as NIfTI. ``IMAGE_EXTENSIONS + VOLUME_EXTENSIONS`` takes both kinds.
+VOLUME_EXTENSIONS = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 
 
 class InferenceInputError(ValueError):
@@ -64,56 +77,97 @@ def _key(path: Path) -> str:
     return os.path.normcase(str(path.resolve())).casefold()
 
 
-def _list_inputs(input_dir: Path, extensions: Sequence[str]) -> list[Path]:
+def _list_inputs(input_dir: Path, extensions: Sequence[str]) -> tuple[list[Path], list[str]]:
+    """The inputs (sorted by name), and one problem per image or volume file that is not an input."""
     if not input_dir.is_dir():
         raise InferenceInputError([f"input folder {input_dir} does not exist"])
     exts = tuple(sorted({e.lower() for e in extensions}))
-    files = sorted(
-        p
-        for p in input_dir.iterdir()
-        if p.is_file() and not p.name.startswith(".") and p.name.lower().endswith(exts)
-    )
-    if not files:
-        raise InferenceInputError([f"no images ({', '.join(exts)}) in {input_dir}"])
-    return files
+    known = tuple({e.lower() for e in (*IMAGE_EXTENSIONS, *VOLUME_EXTENSIONS)})
+    files = sorted(p for p in input_dir.iterdir() if p.is_file() and not p.name.startswith("."))
+    inputs = [p for p in files if p.name.lower().endswith(exts)]
+    others = []
+    for p in files:
+        if p not in inputs and p.name.lower().endswith(known):
+            kind = "2D image" if p.name.lower().endswith(tuple(IMAGE_EXTENSIONS)) else "volume"
+            others.append(
+                f"{p}: a {kind} file, but this run segments {', '.join(exts)} files; move it out of "
+                f"{input_dir} (nothing was written)"
+            )
+    if not inputs:
+        raise InferenceInputError([*others, f"no images ({', '.join(exts)}) in {input_dir}"])
+    return inputs, others
 
 
-def decode_error(path: str | os.PathLike) -> str | None:
-    """Decode one image file fully; return one line naming the file and what is wrong, or None if it is fine.
+def _describe(shape: Sequence[int]) -> str:
+    return "x".join(str(s) for s in shape)
 
-    2D formats are decoded with PIL (``Image.open(path).load()``, which reads every pixel and so finds a
-    truncated file); NIfTI files (``.nii``, ``.nii.gz``) are loaded with nibabel and their voxel data read.
+
+def input_problem(
+    path: str | os.PathLike,
+    in_channels: int | None = None,
+    spatial_dims: int | None = None,
+    max_voxels: int = MAX_VOXELS,
+) -> str | None:
+    """Decode one input fully with the reader training uses; one line naming it and what is wrong, or None.
 
     Args:
-        path: the image file.
+        path: the image or volume file.
+        in_channels: the network's input channels; None: not checked.
+        spatial_dims: the network's spatial dimensions (2 or 3); None: not checked.
+        max_voxels: the largest number of values (voxels times channels) its header may declare.
     """
-    path = Path(path)
-    try:
-        if path.name.lower().endswith(NIFTI_EXTENSIONS):
-            import nibabel as nib
-            import numpy as np
-
-            image = nib.load(str(path))
-            np.asanyarray(image.dataobj)
-        else:
-            from PIL import Image
-
-            with Image.open(path) as im:
-                im.load()
-    except Exception as e:  # any failure to decode is reported, whatever library raised it
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        return f"{path}: cannot be decoded as an image ({reason})"
+    facts = read_facts(path, max_voxels=max_voxels)
+    if facts.error:
+        return (
+            f"{path}: {facts.error}"
+            if facts.size_refused
+            else f"{path}: cannot be decoded as an image ({facts.error})"
+        )
+    channels, spatial = facts.shape[0], facts.shape[1:]
+    if spatial_dims is not None and len(spatial) != int(spatial_dims):
+        return (
+            f"{path}: has {len(spatial)} spatial dimensions (size {_describe(spatial)}); this network "
+            f"segments {int(spatial_dims)}D {'volumes' if int(spatial_dims) == 3 else 'images'}: remove it "
+            "from the input folder"
+        )
+    if in_channels is not None and not converts_channels(channels, int(in_channels)):
+        return (
+            f"{path}: has {channels} channels; the network takes {int(in_channels)} (grey -> N, RGBA -> RGB, "
+            "RGB -> grey and grey+alpha -> grey are converted): convert the file or remove it from the input "
+            "folder"
+        )
     return None
 
 
-def _decode_problems(files: Sequence[Path], num_workers: int | None, progress: bool) -> list[str]:
+def decode_error(path: str | os.PathLike, max_voxels: int = MAX_VOXELS) -> str | None:
+    """Decode one image file fully; return one line naming the file and what is wrong, or None if it is fine.
+
+    The file is read as training reads it (:func:`monai_im.data.file_facts.read_facts`: PIL for 2D
+    formats, nibabel for NIfTI, SimpleITK for NRRD and MetaImage), every pixel, so that a truncated
+    file is found; a header declaring more than ``max_voxels`` values is refused unread.
+
+    Args:
+        path: the image file.
+        max_voxels: the largest number of values (voxels times channels) its header may declare.
+    """
+    return input_problem(path, max_voxels=max_voxels)
+
+
+def _decode_problems(
+    files: Sequence[Path],
+    num_workers: int | None,
+    progress: bool,
+    in_channels: int | None,
+    spatial_dims: int | None,
+    max_voxels: int,
+) -> list[str]:
     from monai_im.runtime.progress import progress_bar
 
     workers = max(1, num_workers if num_workers is not None else min(8, os.cpu_count() or 1))
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results = list(
             progress_bar(
-                pool.map(decode_error, files),
+                pool.map(lambda f: input_problem(f, in_channels, spatial_dims, max_voxels), files),
                 total=len(files),
                 desc="checking inputs",
                 unit="image",
@@ -175,13 +229,17 @@ def plan_inference(
     check_decodes: bool = True,
     num_workers: int | None = None,
     progress: bool = True,
+    in_channels: int | None = None,
+    spatial_dims: int | None = None,
+    max_voxels: int = MAX_VOXELS,
 ) -> list[dict[str, str]]:
     """Datalist items ``{"image": input, "output": output}`` for every image of ``input_dir``, checked.
 
     The inputs are the files directly inside ``input_dir`` whose name ends with one of ``extensions``
-    (hidden files, whose name starts with ``.``, are left out), sorted by name; paths are absolute. The
-    output of ``<name>.<ext>`` is ``<output_dir>/<name><output_postfix>.png`` (``.nii.gz`` for NIfTI
-    inputs), only the last extension being removed. Nothing is written here, not even ``output_dir``.
+    (hidden files, whose name starts with ``.``, are left out), sorted by name; paths are absolute; other
+    image or volume files there are refused (named), other files ignored. The output of ``<name>.<ext>``
+    is ``<output_dir>/<name><output_postfix>.png`` (``.nii.gz`` for volume inputs), only the last
+    extension being removed. Nothing is written here, not even ``output_dir``.
 
     Args:
         input_dir: the folder of images to segment.
@@ -190,11 +248,16 @@ def plan_inference(
         overwrite: replace existing outputs; otherwise they are kept and the run is refused.
             An output that is an input of the run is refused either way.
         extensions: the file name endings (case-insensitive) that count as images, e.g.
-            ``IMAGE_EXTENSIONS + VOLUME_EXTENSIONS`` for 2D images and NIfTI volumes.
+            ``IMAGE_EXTENSIONS + VOLUME_EXTENSIONS`` for 2D images and volumes.
         check_decodes: decode every input fully before the run (in ``num_workers`` threads) and refuse
             the run if any fails, listing every bad file.
         num_workers: threads for the decode check; None uses up to 8 (the CPU count if smaller).
         progress: show a progress bar while the inputs are decoded.
+        in_channels: the network's input channels: every input must have channels it takes (checked
+            with ``check_decodes``); None: not checked.
+        spatial_dims: the network's spatial dimensions: every input must have as many (checked with
+            ``check_decodes``); None: not checked.
+        max_voxels: the largest number of values (voxels times channels) an input's header may declare.
 
     Raises:
         InferenceInputError: listing every problem, one per line; nothing has been written.
@@ -206,7 +269,7 @@ def plan_inference(
         raise InferenceInputError([f"output_postfix {output_postfix!r} must not contain a path separator"])
     if out_root.exists() and not out_root.is_dir():
         raise InferenceInputError([f"output folder {out_root} exists and is not a folder"])
-    inputs = _list_inputs(in_root, extensions)
+    inputs, others = _list_inputs(in_root, extensions)
     items = [
         {"image": str(p), "output": str(out_root / segmentation_file_name(p, output_postfix))} for p in inputs
     ]
@@ -214,7 +277,8 @@ def plan_inference(
     onto_inputs, existing = _existing_outputs(items, inputs)
     problems += onto_inputs
     if check_decodes:
-        problems += _decode_problems(inputs, num_workers, progress)
+        problems += _decode_problems(inputs, num_workers, progress, in_channels, spatial_dims, max_voxels)
+    problems += others
     if existing and not overwrite:
         problems.append(
             f"{len(existing)} output file(s) already exist, the first is {existing[0]}; they are kept: "

@@ -240,7 +240,10 @@ class DatasetCheck:
             if f is None:
                 report(path, "file does not exist")
             elif f.error:
-                report(path, f.error)
+                report(
+                    path,
+                    f.error if f.size_refused or "image" in f.error else f"cannot be decoded ({f.error})",
+                )
             else:
                 problem = self.label_problem(f) if files[path] else self.image_problem(f)
                 if problem:

@@ -1,8 +1,8 @@
 """Writing segmentations: :class:`SaveSegmentationd` saves predicted masks as PNG or NIfTI files, atomically.
 
 The output file name of an input is :func:`segmentation_file_name`: the input's file name minus its last
-extension (``.nii.gz`` counts as one), plus a postfix, plus ``.png`` for 2D inputs or ``.nii.gz`` for NIfTI
-inputs. ``scan.v1.png`` and ``scan.v2.png`` therefore give ``scan.v1_mask.png`` and ``scan.v2_mask.png``.
+extension (``.nii.gz`` counts as one), plus a postfix, plus ``.png`` for 2D inputs or ``.nii.gz`` for volume
+inputs (NIfTI, NRRD, MHA/MHD). ``scan.v1.png`` and ``scan.v2.png`` therefore give ``scan.v1_mask.png`` and ``scan.v2_mask.png``.
 """
 
 from __future__ import annotations
@@ -18,9 +18,11 @@ from monai.transforms import MapTransform
 from monai.utils import convert_to_numpy
 
 from monai_im.io import atomic_write_bytes, save_png
+from monai_im.transforms.headers import SIMPLEITK_SUFFIXES
 
 __all__ = [
     "NIFTI_EXTENSIONS",
+    "VOLUME_FILE_EXTENSIONS",
     "PseudoLabelFormat",
     "SaveSegmentationd",
     "segmentation_file_name",
@@ -28,6 +30,8 @@ __all__ = [
 ]
 
 NIFTI_EXTENSIONS = (".nii.gz", ".nii")
+#: Volume file endings: their segmentations are written as NIfTI (``.nii.gz``).
+VOLUME_FILE_EXTENSIONS = NIFTI_EXTENSIONS + SIMPLEITK_SUFFIXES
 
 
 def split_extension(name: str) -> tuple[str, str]:
@@ -54,11 +58,12 @@ def segmentation_file_name(
     Args:
         source: the input image's path or file name.
         output_postfix: appended to the input's name without its last extension.
-        ext: the output extension; None picks ``.nii.gz`` for NIfTI inputs and ``.png`` otherwise.
+        ext: the output extension; None picks ``.nii.gz`` for volume inputs (NIfTI, NRRD, MHA/MHD, DICOM)
+            and ``.png`` otherwise.
     """
     stem, in_ext = split_extension(str(source))
     if ext is None:
-        ext = ".nii.gz" if in_ext.lower() in NIFTI_EXTENSIONS else ".png"
+        ext = ".nii.gz" if in_ext.lower() in VOLUME_FILE_EXTENSIONS else ".png"
     return f"{stem}{output_postfix}{ext}"
 
 

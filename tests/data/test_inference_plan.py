@@ -163,7 +163,11 @@ def test_nifti_inputs_are_decoded_and_named_as_nifti(tmp_path):
         "mr_mask.nii.gz",
         "photo_mask.png",
     ]
-    assert [Path(it["image"]).name for it in plan(inputs, tmp_path / "out")] == ["photo.png"], "2D by default"
+    with pytest.raises(InferenceInputError) as err:  # 2D by default: the volumes are named, not skipped
+        plan(inputs, tmp_path / "out")
+    assert [Path(p.split(": ")[0]).name for p in err.value.problems] == ["ct.v1.nii.gz", "mr.nii"]
+    assert all("a volume file, but this run segments .bmp" in p for p in err.value.problems)
+    (inputs / "photo.png").unlink()
     truncate(inputs / "ct.v1.nii.gz")
     truncate(inputs / "mr.nii")
     with pytest.raises(InferenceInputError) as err:
