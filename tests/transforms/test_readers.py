@@ -225,3 +225,143 @@ def test_folder_without_dicom_and_missing_or_bad_files(tmp_path: Path) -> None:
     (tmp_path / "bad.mha").write_text("garbage")
     with pytest.raises(RuntimeError, match="bad.mha: SimpleITK cannot read it"):
         SimpleITKReader().read(tmp_path / "bad.mha")
+
+
+# ---------------------------------------------------------------------- one metadata layout for every format
+def _converted_study(folder: Path) -> dict[str, dict[str, str]]:
+    """Image / class-map pairs of 16^3 volumes as NIfTI, and as NRRD and MHA converted from that NIfTI by
+    SimpleITK, the way datasets are converted (NIfTI's header fields travel along as strings)."""
+    rng = np.random.default_rng(0)
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    labels = np.zeros((16, 16, 16), np.uint8)
+    labels[4:12, 4:12, 4:12] = 1
+    labels[6:9, 6:9, 6:9] = 2
+    items = {}
+    for ext in ("nii.gz", "nrrd", "mha"):
+        pair = {}
+        for key, array in (("image", rng.integers(-100, 200, (16, 16, 16)).astype(np.int16)), ("label", labels)):
+            nifti = folder / f"{key}_{ext.replace('.', '_')}.nii.gz"
+            nib.save(nib.Nifti1Image(array, affine), nifti)
+            path = nifti if ext == "nii.gz" else folder / f"{key}.{ext}"
+            if ext != "nii.gz":
+                sitk.WriteImage(sitk.ReadImage(str(nifti)), str(path))
+            pair[key] = str(path)
+        items[ext] = pair
+    return items
+
+
+def _preprocessing(**kwargs):
+    from monai_im.transforms import VolumeReader, volume_segmentation_transforms
+
+    # the arguments of bundles/flare22_im/configs/train.json, at a spacing that suits 16^3 volumes
+    return volume_segmentation_transforms(
+        pixdim=(2.0, 2.0, 2.0),
+        orientation="RAS",
+        intensity_window=(-160, 240),
+        num_classes=3,
+        mode="multiclass",
+        label_policy="ignore",
+        reader=VolumeReader(),
+        **kwargs,
+    )
+
+
+def test_nrrd_mha_and_nifti_items_collate_in_one_batch_for_training_and_pseudo_labelling(tmp_path: Path) -> None:
+    from monai.data import DataLoader, Dataset
+
+    from monai_im.transforms import PseudoLabelFormat, volume_patch_transforms
+    from monai_im.transforms.readers import VOLUME_META_KEYS
+
+    items = _converted_study(tmp_path)
+    preprocessing = _preprocessing()
+    unlabeled = DataLoader(Dataset([{"image": items[e]["image"]} for e in items], preprocessing), batch_size=3)
+    batch = next(iter(unlabeled))  # the pseudo-labeller's loader: every format in one batch
+    assert set(batch["image"].meta) == {*VOLUME_META_KEYS, "filename_or_obj"}
+    # generation 1's pseudo-labels of the NRRD and MHA volumes, written with the batch's affines
+    files, affines = PseudoLabelFormat("multiclass"), np.asarray(batch["image"].meta["affine"])
+    pseudo = []
+    for i, ext in enumerate(items):
+        if ext != "nii.gz":
+            label = (batch["image"][i] > 0.5).numpy().astype(np.float32)
+            lab = files.write_label(tmp_path / f"pl_{ext}.nii.gz", label, affines[i])
+            im = files.write_im(tmp_path / f"im_{ext}.nii.gz", np.zeros_like(label), affines[i])
+            pseudo.append({"image": items[ext]["image"], "label": str(lab), "im": str(im)})
+            back = preprocessing({"image": items[ext]["image"], "label": str(lab)})
+            np.testing.assert_array_equal(back["label"].numpy(), label)  # lies on its volume, voxel for voxel
+    train = volume_patch_transforms(preprocessing, patch_size=(8, 8, 8), num_classes=3, num_samples=1)
+    labeled = list(items.values())
+    for pair in ([labeled[1], labeled[2]], [labeled[0], labeled[1]], [labeled[2], pseudo[0]], [pseudo[1], labeled[0]]):
+        out = next(iter(DataLoader(Dataset(pair, train), batch_size=2)))
+        assert out["image"].shape == (2, 1, 8, 8, 8) and out["label"].shape == (2, 1, 8, 8, 8)
+
+
+def test_volume_metadata_is_numeric_and_the_same_for_every_format(tmp_path: Path) -> None:
+    from monai_im.transforms.readers import VOLUME_META_KEYS
+
+    items = _converted_study(tmp_path)
+    loaded = {ext: _preprocessing(keep_keys=())({"image": it["image"]})["image"] for ext, it in items.items()}
+    for ext, img in loaded.items():
+        assert set(img.meta) == {*VOLUME_META_KEYS, "filename_or_obj"}, ext
+        for key in ("original_affine", "spatial_shape", "spacing"):
+            assert np.asarray(img.meta[key]).dtype.kind in "if", (ext, key)
+        np.testing.assert_allclose(img.meta["spacing"], [2.0, 2.0, 2.0])
+        np.testing.assert_allclose(np.asarray(img.meta["affine"]), np.asarray(loaded["nii.gz"].meta["affine"]), atol=1e-5)
+
+
+# ---------------------------------------------------------------------- 2D images: LA, CMYK, large images
+def _load_2d(path: Path, **kwargs) -> torch.Tensor:
+    from monai.transforms import LoadImage
+
+    from monai_im.transforms.readers import Image2DReader
+
+    return LoadImage(image_only=True, dtype=None, ensure_channel_first=True, reader=Image2DReader(**kwargs))(path)
+
+
+def test_grey_alpha_is_read_as_grey_and_cmyk_as_rgb(tmp_path: Path) -> None:
+    from PIL import Image
+
+    grey = np.arange(48, dtype=np.uint8).reshape(6, 8)
+    Image.fromarray(np.stack([grey, np.full_like(grey, 7)], -1), mode="LA").save(tmp_path / "la.png")
+    la = _load_2d(tmp_path / "la.png")
+    assert la.shape == (1, 8, 6) and la.meta["mode"] == "L"  # the alpha dropped, as for RGBA
+    np.testing.assert_array_equal(la[0].numpy(), grey.T)
+
+    cmyk = Image.new("CMYK", (8, 6), (0, 255, 255, 0))  # pure red in print colours
+    cmyk.save(tmp_path / "print.jpg", quality=100)
+    rgb = _load_2d(tmp_path / "print.jpg")
+    assert rgb.shape == (3, 8, 6) and rgb.meta["mode"] == "RGB" and rgb.meta["format"] == "JPEG"
+    expected = np.asarray(Image.open(tmp_path / "print.jpg").convert("RGB")).transpose(2, 1, 0)
+    np.testing.assert_array_equal(rgb.numpy(), expected)
+    assert rgb[0].float().mean() > 200 and rgb[1:].float().mean() < 50  # red, not its inverted ink
+
+
+def test_images_over_pils_bomb_limit_are_read_and_max_voxels_bounds_them(tmp_path: Path, monkeypatch) -> None:
+    from PIL import Image
+
+    Image.fromarray(np.full((16, 16), 9, np.uint8)).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 50)  # 256 pixels is a "decompression bomb" to PIL now
+    with pytest.raises(Image.DecompressionBombError):
+        Image.open(tmp_path / "big.png")
+    img = _load_2d(tmp_path / "big.png")
+    assert img.shape == (1, 16, 16) and float(img.max()) == 9
+    assert Image.MAX_IMAGE_PIXELS == 50, "PIL's setting is restored"
+    with pytest.raises(RuntimeError, match="big.png: its header declares 16x16 .*max_voxels = 100"):
+        _load_2d(tmp_path / "big.png", max_voxels=100)
+
+
+def test_header_only_reading_of_every_format(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from monai_im.transforms.readers import declared_size_problem, read_header
+
+    nib.save(nib.Nifti1Image(np.zeros((4, 5, 6, 2), np.float32), np.eye(4)), tmp_path / "v.nii.gz")
+    sitk.WriteImage(_sitk_image(_volume()), str(tmp_path / "v.nrrd"))
+    Image.fromarray(np.zeros((5, 7, 3), np.uint8)).save(tmp_path / "i.png")
+    assert read_header(tmp_path / "v.nii.gz").shape == (4, 5, 6) and read_header(tmp_path / "v.nii.gz").channels == 2
+    assert read_header(tmp_path / "v.nrrd").shape == (4, 5, 6)
+    header = read_header(tmp_path / "i.png")
+    assert (header.shape, header.channels, header.mode) == ((7, 5), 3, "RGB")
+    assert read_header(tmp_path / "notes.txt") is None
+    assert declared_size_problem(tmp_path / "v.nii.gz", max_voxels=240) is None
+    message = declared_size_problem(tmp_path / "v.nii.gz", max_voxels=239)
+    assert message is not None and "4x5x6 x 2 channels (240 values)" in message and "\n" not in message

@@ -24,6 +24,9 @@ from monai_im.transforms.io import split_extension
         ("ct.nii.gz", "_seg", "ct_seg.nii.gz"),
         ("CT.v2.NII.GZ", "", "CT.v2.nii.gz"),
         ("mr.nii", "_mask", "mr_mask.nii.gz"),
+        ("ct.nrrd", "_mask", "ct_mask.nii.gz"),
+        ("CT.MHA", "_mask", "CT_mask.nii.gz"),
+        ("mr.mhd", "_mask", "mr_mask.nii.gz"),
         ("noext", "_mask", "noext_mask.png"),
     ],
 )
@@ -156,3 +159,32 @@ def test_end_to_end_evaluator_writes_one_mask_per_input_at_its_planned_path(tmp_
         assert mask.shape == (h, w)
         assert (mask[:, :2] == 255).all() and (mask[:, -2:] == 0).all()
     assert sorted(p.name for p in inputs.iterdir()) == sorted(sizes), "inputs untouched"
+
+
+@pytest.mark.parametrize("ext", ["nrrd", "mha"])
+def test_nrrd_and_mha_inputs_get_nifti_masks_on_their_own_grid(tmp_path, ext):
+    """The 3D bundle's inference path for a NRRD / MHA volume: its mask is a NIfTI with the input's affine."""
+    import SimpleITK as sitk
+
+    from monai_im.transforms import VolumeReader, volume_segmentation_transforms
+
+    volume = np.zeros((12, 10, 8), np.int16)
+    volume[2:6, 3:7, 2:5] = 200
+    image = sitk.GetImageFromArray(volume.T.copy())
+    image.SetSpacing((1.5, 2.0, 3.0))
+    image.SetOrigin((10.0, -4.0, 7.0))
+    image.SetDirection((-1.0, 0, 0, 0, 1, 0, 0, 0, 1))
+    sitk.WriteImage(image, str(tmp_path / f"ct.{ext}"))
+    pre = volume_segmentation_transforms(
+        pixdim=(2.5, 2.5, 4.0), intensity_window=(-160, 240), num_classes=2, reader=VolumeReader(), keep_keys=["output"]
+    )
+    output = tmp_path / "out" / segmentation_file_name(tmp_path / f"ct.{ext}")
+    d = pre({"image": str(tmp_path / f"ct.{ext}"), "output": str(output)})
+    d["pred"] = (d["image"] > 0.5).float()
+    d = Invertd("pred", transform=pre, orig_keys="image", nearest_interp=True)(d)
+    SaveSegmentationd(keys="pred", output_key="output")(d)
+    written = nib.load(output)
+    assert output.name == "ct_mask.nii.gz" and written.shape == (12, 10, 8)
+    ras = np.array([[1.5, 0, 0, -10.0], [0, -2.0, 0, 4.0], [0, 0, 3.0, 7.0], [0, 0, 0, 1]])  # LPS -> RAS
+    np.testing.assert_allclose(written.affine, ras, atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(written.dataobj)[2:6, 3:7, 2:5], 1)
