@@ -10,6 +10,7 @@ from monai_im.data.datalist import (
     DATALIST_KEYS,
     IMAGE_EXTENSIONS,
     DatasetNotFoundError,
+    entry_problems,
     list_images,
     load_datalist,
     split_labeled,
@@ -19,6 +20,7 @@ from monai_im.data.inference_plan import (
     VOLUME_EXTENSIONS,
     InferenceInputError,
     decode_error,
+    input_problem,
     plan_inference,
     plan_inference_or_exit,
 )
@@ -28,6 +30,7 @@ __all__ = [
     "DATALIST_KEYS",
     "DatasetNotFoundError",
     "IMAGE_EXTENSIONS",
+    "entry_problems",
     "list_images",
     "load_datalist",
     "split_labeled",
@@ -39,6 +42,7 @@ __all__ = [
     "InferenceInputError",
     "VOLUME_EXTENSIONS",
     "decode_error",
+    "input_problem",
     "plan_inference",
     "plan_inference_or_exit",
 ]

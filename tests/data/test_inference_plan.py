@@ -240,3 +240,70 @@ def test_or_exit_is_not_wrapped_by_the_bundle_runner(tmp_path):
     (tmp_path / "inference.json").write_text(json.dumps(config))
     with pytest.raises(SystemExit, match="^error: the output of a.png"):
         run(config_file=str(tmp_path / "inference.json"), logging_file=False, overwrite=True)
+
+
+def test_inputs_the_network_cannot_take_are_named_before_anything_is_written(tmp_path):
+    inputs, out = _mkdir(tmp_path / "in"), tmp_path / "out"
+    write_image(inputs / "a.png")
+    grey = np.arange(120, dtype=np.uint8).reshape(10, 12)
+    Image.fromarray(np.stack([grey, np.full_like(grey, 255)], -1), mode="LA").save(inputs / "b_alpha.png")
+    items = plan(inputs, out, in_channels=3, spatial_dims=2)  # grey+alpha is read as grey, like RGBA as RGB
+    assert [Path(it["image"]).name for it in items] == ["a.png", "b_alpha.png"]
+    with pytest.raises(InferenceInputError) as err:
+        plan(inputs, out, in_channels=2, spatial_dims=2)
+    assert err.value.problems == [
+        f"{inputs / 'a.png'}: has 3 channels; the network takes 2 (grey -> N, RGBA -> RGB, RGB -> grey and "
+        "grey+alpha -> grey are converted): convert the file or remove it from the input folder"
+    ]
+
+    volumes = _mkdir(tmp_path / "vol")
+    nib.save(nib.Nifti1Image(np.zeros((6, 7, 8), np.int16), np.eye(4)), volumes / "ct.nii.gz")
+    nib.save(nib.Nifti1Image(np.zeros((6, 7, 8, 2), np.int16), np.eye(4)), volumes / "two.nii.gz")
+    with pytest.raises(InferenceInputError) as err:
+        plan(volumes, out, extensions=VOLUME_EXTENSIONS, in_channels=1, spatial_dims=3)
+    assert len(err.value.problems) == 1 and err.value.problems[0].startswith(
+        f"{volumes / 'two.nii.gz'}: has 2 channels; the network takes 1"
+    )
+    with pytest.raises(InferenceInputError) as err:  # a 2D network given NIfTI volumes
+        plan(volumes, out, extensions=IMAGE_EXTENSIONS + VOLUME_EXTENSIONS, in_channels=1, spatial_dims=2)
+    assert err.value.problems[0] == (
+        f"{volumes / 'ct.nii.gz'}: has 3 spatial dimensions (size 6x7x8); this network segments 2D images: "
+        "remove it from the input folder"
+    )
+    assert not out.exists(), "nothing was written"
+
+
+def test_nrrd_and_mha_volumes_are_planned_and_other_files_named(tmp_path):
+    import SimpleITK as sitk
+
+    inputs, out = _mkdir(tmp_path / "in"), tmp_path / "out"
+    for name in ("a.nrrd", "b.mha"):
+        sitk.WriteImage(sitk.GetImageFromArray(np.zeros((8, 7, 6), np.int16)), str(inputs / name))
+    nib.save(nib.Nifti1Image(np.zeros((6, 7, 8), np.int16), np.eye(4)), inputs / "c.nii.gz")
+    items = plan(inputs, out, extensions=VOLUME_EXTENSIONS, in_channels=1, spatial_dims=3)
+    assert [Path(it["output"]).name for it in items] == ["a_mask.nii.gz", "b_mask.nii.gz", "c_mask.nii.gz"]
+    write_image(inputs / "photo.png")
+    with pytest.raises(InferenceInputError) as err:
+        plan(inputs, out, extensions=VOLUME_EXTENSIONS, in_channels=1, spatial_dims=3)
+    assert err.value.problems == [
+        f"{inputs / 'photo.png'}: a 2D image file, but this run segments .mha, .mhd, .nhdr, .nii, .nii.gz, "
+        f".nrrd files; move it out of {inputs} (nothing was written)"
+    ]
+
+
+def test_a_header_declaring_a_huge_volume_is_refused_from_its_header(tmp_path):
+    import tracemalloc
+
+    inputs = _mkdir(tmp_path / "in")
+    header = nib.Nifti1Header()
+    header.set_data_shape((2000, 2000, 2000))
+    header.set_data_dtype(np.int16)
+    header["vox_offset"] = 352
+    (inputs / "bomb.nii").write_bytes(header.binaryblock + b"\0" * 1004)
+    tracemalloc.start()
+    with pytest.raises(InferenceInputError) as err:
+        plan(inputs, tmp_path / "out", extensions=VOLUME_EXTENSIONS)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 100 * 2**20
+    assert err.value.problems[0].startswith(f"{inputs / 'bomb.nii'}: its header declares 2000x2000x2000")

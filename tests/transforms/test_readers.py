@@ -239,7 +239,10 @@ def _converted_study(folder: Path) -> dict[str, dict[str, str]]:
     items = {}
     for ext in ("nii.gz", "nrrd", "mha"):
         pair = {}
-        for key, array in (("image", rng.integers(-100, 200, (16, 16, 16)).astype(np.int16)), ("label", labels)):
+        for key, array in (
+            ("image", rng.integers(-100, 200, (16, 16, 16)).astype(np.int16)),
+            ("label", labels),
+        ):
             nifti = folder / f"{key}_{ext.replace('.', '_')}.nii.gz"
             nib.save(nib.Nifti1Image(array, affine), nifti)
             path = nifti if ext == "nii.gz" else folder / f"{key}.{ext}"
@@ -266,7 +269,9 @@ def _preprocessing(**kwargs):
     )
 
 
-def test_nrrd_mha_and_nifti_items_collate_in_one_batch_for_training_and_pseudo_labelling(tmp_path: Path) -> None:
+def test_nrrd_mha_and_nifti_items_collate_in_one_batch_for_training_and_pseudo_labelling(
+    tmp_path: Path,
+) -> None:
     from monai.data import DataLoader, Dataset
 
     from monai_im.transforms import PseudoLabelFormat, volume_patch_transforms
@@ -274,7 +279,9 @@ def test_nrrd_mha_and_nifti_items_collate_in_one_batch_for_training_and_pseudo_l
 
     items = _converted_study(tmp_path)
     preprocessing = _preprocessing()
-    unlabeled = DataLoader(Dataset([{"image": items[e]["image"]} for e in items], preprocessing), batch_size=3)
+    unlabeled = DataLoader(
+        Dataset([{"image": items[e]["image"]} for e in items], preprocessing), batch_size=3
+    )
     batch = next(iter(unlabeled))  # the pseudo-labeller's loader: every format in one batch
     assert set(batch["image"].meta) == {*VOLUME_META_KEYS, "filename_or_obj"}
     # generation 1's pseudo-labels of the NRRD and MHA volumes, written with the batch's affines
@@ -290,7 +297,12 @@ def test_nrrd_mha_and_nifti_items_collate_in_one_batch_for_training_and_pseudo_l
             np.testing.assert_array_equal(back["label"].numpy(), label)  # lies on its volume, voxel for voxel
     train = volume_patch_transforms(preprocessing, patch_size=(8, 8, 8), num_classes=3, num_samples=1)
     labeled = list(items.values())
-    for pair in ([labeled[1], labeled[2]], [labeled[0], labeled[1]], [labeled[2], pseudo[0]], [pseudo[1], labeled[0]]):
+    for pair in (
+        [labeled[1], labeled[2]],
+        [labeled[0], labeled[1]],
+        [labeled[2], pseudo[0]],
+        [pseudo[1], labeled[0]],
+    ):
         out = next(iter(DataLoader(Dataset(pair, train), batch_size=2)))
         assert out["image"].shape == (2, 1, 8, 8, 8) and out["label"].shape == (2, 1, 8, 8, 8)
 
@@ -305,7 +317,9 @@ def test_volume_metadata_is_numeric_and_the_same_for_every_format(tmp_path: Path
         for key in ("original_affine", "spatial_shape", "spacing"):
             assert np.asarray(img.meta[key]).dtype.kind in "if", (ext, key)
         np.testing.assert_allclose(img.meta["spacing"], [2.0, 2.0, 2.0])
-        np.testing.assert_allclose(np.asarray(img.meta["affine"]), np.asarray(loaded["nii.gz"].meta["affine"]), atol=1e-5)
+        np.testing.assert_allclose(
+            np.asarray(img.meta["affine"]), np.asarray(loaded["nii.gz"].meta["affine"]), atol=1e-5
+        )
 
 
 # ---------------------------------------------------------------------- 2D images: LA, CMYK, large images
@@ -314,7 +328,9 @@ def _load_2d(path: Path, **kwargs) -> torch.Tensor:
 
     from monai_im.transforms.readers import Image2DReader
 
-    return LoadImage(image_only=True, dtype=None, ensure_channel_first=True, reader=Image2DReader(**kwargs))(path)
+    return LoadImage(image_only=True, dtype=None, ensure_channel_first=True, reader=Image2DReader(**kwargs))(
+        path
+    )
 
 
 def test_grey_alpha_is_read_as_grey_and_cmyk_as_rgb(tmp_path: Path) -> None:
@@ -357,7 +373,10 @@ def test_header_only_reading_of_every_format(tmp_path: Path) -> None:
     nib.save(nib.Nifti1Image(np.zeros((4, 5, 6, 2), np.float32), np.eye(4)), tmp_path / "v.nii.gz")
     sitk.WriteImage(_sitk_image(_volume()), str(tmp_path / "v.nrrd"))
     Image.fromarray(np.zeros((5, 7, 3), np.uint8)).save(tmp_path / "i.png")
-    assert read_header(tmp_path / "v.nii.gz").shape == (4, 5, 6) and read_header(tmp_path / "v.nii.gz").channels == 2
+    assert (
+        read_header(tmp_path / "v.nii.gz").shape == (4, 5, 6)
+        and read_header(tmp_path / "v.nii.gz").channels == 2
+    )
     assert read_header(tmp_path / "v.nrrd").shape == (4, 5, 6)
     header = read_header(tmp_path / "i.png")
     assert (header.shape, header.channels, header.mode) == ((7, 5), 3, "RGB")

@@ -176,7 +176,11 @@ def test_nrrd_and_mha_inputs_get_nifti_masks_on_their_own_grid(tmp_path, ext):
     image.SetDirection((-1.0, 0, 0, 0, 1, 0, 0, 0, 1))
     sitk.WriteImage(image, str(tmp_path / f"ct.{ext}"))
     pre = volume_segmentation_transforms(
-        pixdim=(2.5, 2.5, 4.0), intensity_window=(-160, 240), num_classes=2, reader=VolumeReader(), keep_keys=["output"]
+        pixdim=(2.5, 2.5, 4.0),
+        intensity_window=(-160, 240),
+        num_classes=2,
+        reader=VolumeReader(),
+        keep_keys=["output"],
     )
     output = tmp_path / "out" / segmentation_file_name(tmp_path / f"ct.{ext}")
     d = pre({"image": str(tmp_path / f"ct.{ext}"), "output": str(output)})
