@@ -1,6 +1,6 @@
 """What decoding one file finds: :func:`read_facts` and the cached :class:`FileFacts` of the preflight.
 
-A file is first bounded by its header (:func:`monai_im.transforms.readers.header_size_problem`: a
+A file is first bounded by its header (:func:`monai_im.transforms.headers.header_size_problem`: a
 small corrupt file declaring billions of voxels is refused before any array is allocated), then
 decoded completely with the reader training uses and described: shape, stored type, value range,
 the distinct values of masks, the affine of volumes, the stored colour mode of 2D images.
