@@ -26,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from monai_im.metrics.functional import as_bool_mask
+from monai_im.metrics.functional import overlap_scores
 from monai_im.networks import EvalNet
 from monai_im.runtime.progress import progress_bar
 
@@ -55,24 +55,18 @@ def mask_iou(pred: Tensor, truth: Tensor, valid: Tensor | None = None) -> Tensor
             "mask_iou: pred and truth should be (B, C, *spatial) masks of the same shape, "
             f"got {tuple(pred.shape)} and {tuple(truth.shape)}."
         )
-    p, t = as_bool_mask(pred), as_bool_mask(truth).to(pred.device)
-    both, either = p & t, p | t
     if valid is not None:
         shape = tuple(valid.shape)
         if (
-            valid.dim() != p.dim()
-            or shape[0] != p.shape[0]
-            or shape[1] not in (1, p.shape[1])
-            or shape[2:] != p.shape[2:]
+            valid.dim() != pred.dim()
+            or shape[0] != pred.shape[0]
+            or shape[1] not in (1, pred.shape[1])
+            or shape[2:] != pred.shape[2:]
         ):
             raise ValueError(
-                f"mask_iou: valid should be (B, 1 or C, *spatial) for masks {tuple(p.shape)}, got {shape}."
+                f"mask_iou: valid should be (B, 1 or C, *spatial) for masks {tuple(pred.shape)}, got {shape}."
             )
-        v = as_bool_mask(valid).to(p.device)
-        both, either = both & v, either & v
-    inter = both.flatten(1).sum(1).float()
-    union = either.flatten(1).sum(1).float()
-    return torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
+    return overlap_scores(pred, truth, "iou", valid=valid, pool_channels=True, name="mask_iou")[:, 0]
 
 
 def _ranks(x: Tensor) -> Tensor:

@@ -35,21 +35,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from monai.engines import SupervisedTrainer
-from monai.engines.utils import IterationEvents
-from monai.utils import CommonKeys as Keys
 from monai.utils import convert_to_tensor
 from torch import Tensor
 
 from monai_im.constants import IM_MODES
 from monai_im.methods.blocks import View, input_views, predict_views
-from monai_im.methods.steps import ConsistencyIteration, photometric_views
+from monai_im.methods.steps import TrainingStep, UnlabeledBatches, photometric_views
 from monai_im.transforms.functional import inconsistency_mask
 
 __all__ = [
@@ -153,12 +150,12 @@ class UnsupervisedTerm:
 
 
 # ---------------------------------------------------------------------------------------- iterations
-class SemiSupervisedIteration:
+class SemiSupervisedIteration(TrainingStep):
     """The shared step: supervised loss on the labeled batch + ``w(t)`` times :meth:`unsupervised`.
 
-    It runs like MONAI's ``SupervisedTrainer._iteration`` (``engine.prepare_batch``, ``engine.inferer``,
-    ``engine.loss_function``, the AMP gradient scaler, gradient accumulation, and the
-    ``FORWARD_COMPLETED``, ``LOSS_COMPLETED``, ``BACKWARD_COMPLETED``, ``MODEL_COMPLETED`` events).
+    A :class:`monai_im.methods.steps.TrainingStep` (MONAI's supervised step and events) whose :meth:`loss`
+    adds the unsupervised term; the methods fill in :meth:`unsupervised` and, as needed, :meth:`setup`,
+    :meth:`networks`, :meth:`optimizers`, :meth:`supervised` and :meth:`after_step`.
     ``w(t) = weight * sigmoid_ramp_up(t, ramp_up_steps)`` with ``t`` the trainer's iteration (from 0).
     ``engine.state.output`` holds image, label, pred (labeled batch), ``loss`` and the detached
     :data:`LOGGED_KEYS` (``unsupervised_loss`` unweighted); ``engine.state.metrics`` holds their means
@@ -195,7 +192,8 @@ class SemiSupervisedIteration:
             raise ValueError(
                 f"{name}: need weight >= 0 and ramp_up_steps >= 0, got {weight}, {ramp_up_steps}."
             )
-        self._source = ConsistencyIteration(unlabeled_loader, image_key=image_key)  # cycles the loader
+        self._source = UnlabeledBatches(unlabeled_loader, image_key, owner=name)
+        self._batch: Tensor | None = None  # the unlabeled batch of the current step
         self.mode, self.threshold, self.weight = mode, float(threshold), float(weight)
         self.ramp_up_steps, self.use_im = int(ramp_up_steps), bool(use_im)
         self.generator = torch.Generator().manual_seed(int(seed))
@@ -205,15 +203,8 @@ class SemiSupervisedIteration:
 
     # ------------------------------------------------------------------ hooks of the methods
     def setup(self, engine: SupervisedTrainer) -> None:
-        """Called before every step (lazy construction of extra networks)."""
-
-    def networks(self, engine: SupervisedTrainer) -> list[torch.nn.Module]:
-        """The networks trained by the step."""
-        return [engine.network]
-
-    def optimizers(self, engine: SupervisedTrainer) -> list[torch.optim.Optimizer]:
-        """The optimizers stepped by the step."""
-        return [engine.optimizer]
+        """Called before every step, after the unlabeled batch is fetched (lazy construction of extra
+        networks)."""
 
     def supervised(self, engine: SupervisedTrainer, pred: Tensor, inputs: Tensor, targets: Tensor) -> Tensor:
         """The supervised loss, given the prediction ``pred`` of ``engine.network`` on ``inputs``."""
@@ -222,9 +213,6 @@ class SemiSupervisedIteration:
     def unsupervised(self, engine: SupervisedTrainer, unlabeled: Tensor) -> UnsupervisedTerm:
         """The unsupervised loss of an unlabeled batch (B, C, *spatial)."""
         raise NotImplementedError
-
-    def after_step(self, engine: SupervisedTrainer) -> None:
-        """Called after the optimizers stepped (e.g. the EMA teacher update)."""
 
     # ------------------------------------------------------------------ epoch checkpoints
     def state_dict(self) -> dict[str, Any]:
@@ -279,60 +267,28 @@ class SemiSupervisedIteration:
         engine.state.metrics.update(dict(zip(LOGGED_KEYS, means)))
 
     # ------------------------------------------------------------------ the step
-    def __call__(self, engine: SupervisedTrainer, batchdata: dict) -> Any:
-        """One step on the labeled ``batchdata`` and the next unlabeled batch; returns ``engine.state.output``."""
-        if batchdata is None:
-            raise ValueError(f"{type(self).__name__}: must provide batch data for the current iteration.")
-        batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
-        inputs, targets = batch[0], batch[1]
-        args, kwargs = (batch[2], batch[3]) if len(batch) == 4 else ((), {})
-        if getattr(engine, "compile", False):
-            inputs = convert_to_tensor(inputs, track_meta=False)
-            targets = convert_to_tensor(targets, track_meta=False)
-        unlabeled = self._source.next_unlabeled().to(engine.state.device, non_blocking=engine.non_blocking)
-        engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets}
+    def prepare(self, engine: SupervisedTrainer) -> None:
+        """Fetch the next unlabeled batch, then :meth:`setup`."""
+        self._batch = self._source.next().to(engine.state.device, non_blocking=engine.non_blocking)
         self.setup(engine)
-        acc, zero_grad, step = ConsistencyIteration._accumulation(engine)
-        optimizers = self.optimizers(engine)
-        for net in self.networks(engine):
-            net.train()
-        if zero_grad:
-            for opt in optimizers:
-                opt.zero_grad(set_to_none=engine.optim_set_to_none)
-        use_scaler = engine.amp and engine.scaler is not None
-        context = torch.autocast("cuda", **engine.amp_kwargs) if use_scaler else nullcontext()
+
+    def loss(
+        self, engine: SupervisedTrainer, pred: Tensor, inputs: Tensor, targets: Tensor
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """``supervised + w(t) * unsupervised``, with the detached :data:`LOGGED_KEYS` (also logged as epoch
+        means into ``engine.state.metrics``)."""
         weight = self.weight * sigmoid_ramp_up(engine.state.iteration - 1, self.ramp_up_steps)
-        with context:
-            pred = engine.inferer(inputs, engine.network, *args, **kwargs)
-            engine.state.output[Keys.PRED] = pred
-            engine.fire_event(IterationEvents.FORWARD_COMPLETED)
-            supervised = self.supervised(engine, pred, inputs, targets)
-            term = self.unsupervised(engine, unlabeled)
-            loss = supervised + weight * term.loss
-            logged = torch.stack(
-                [
-                    t.detach().float().reshape(())
-                    for t in (supervised, term.loss, term.used_fraction, term.im_fraction)
-                ]
-            )
-            engine.state.output[Keys.LOSS] = loss
-            engine.state.output.update(dict(zip(LOGGED_KEYS, logged.unbind())))
-            engine.fire_event(IterationEvents.LOSS_COMPLETED)
-        scaled = loss / acc if acc > 1 else loss
-        (engine.scaler.scale(scaled) if use_scaler else scaled).backward()
-        engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
-        if step:
-            for opt in optimizers:
-                if use_scaler:
-                    engine.scaler.step(opt)
-                else:
-                    opt.step()
-            if use_scaler:
-                engine.scaler.update()
-            self.after_step(engine)
-        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+        supervised = self.supervised(engine, pred, inputs, targets)
+        term = self.unsupervised(engine, self._batch)
+        loss = supervised + weight * term.loss
+        logged = torch.stack(
+            [
+                t.detach().float().reshape(())
+                for t in (supervised, term.loss, term.used_fraction, term.im_fraction)
+            ]
+        )
         self._log(engine, logged)
-        return engine.state.output
+        return loss, dict(zip(LOGGED_KEYS, logged.unbind()))
 
 
 class FixMatchIteration(SemiSupervisedIteration):

@@ -1,7 +1,7 @@
 """Per-image segmentation metrics of the IM studies, as functions, MONAI metrics and ignite handlers.
 
 - :mod:`.functional`: per-image IoU / Dice, per-channel IoU, present-class mean IoU (and the empty-mask
-  convention).
+  convention), all from one implementation on MONAI's ``compute_iou`` / ``compute_dice`` (:func:`overlap_scores`).
 - :mod:`.cell_count`: HeLa cell counts and the cell count error (MCCE).
 - :mod:`.classes`: :class:`monai.metrics.CumulativeIterationMetric` subclasses.
 - :mod:`.handlers`: :class:`monai.handlers.IgniteMetricHandler` subclasses for MONAI engines.
@@ -18,7 +18,7 @@ from .classes import (
     PerImageIoUMetric,
     PresentClassMeanIoUMetric,
 )
-from .functional import binary_dice, binary_iou, channel_dice, channel_iou, present_class_miou
+from .functional import binary_dice, binary_iou, channel_dice, channel_iou, overlap_scores, present_class_miou
 from .handlers import ChannelMeanIoU, MeanCellCountError, PerImageDice, PerImageIoU, PresentClassMeanIoU
 from .volume import (
     FLARE22_LABELLED_SLICES_ONLY,
@@ -58,5 +58,6 @@ __all__ = [
     "cell_counts",
     "channel_dice",
     "channel_iou",
+    "overlap_scores",
     "present_class_miou",
 ]

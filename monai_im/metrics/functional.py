@@ -17,11 +17,20 @@ truth, or the reverse, scores 0. Other conventions in use:
 
 Pass ``empty_score=0.0`` to reproduce the reference code's IoU. Because every image gets a finite
 score, the per-image averages here never contain NaN.
+
+One implementation
+------------------
+Every per-image IoU and Dice of the package (these functions, the metric classes and handlers, EvalNet's
+:func:`monai_im.methods.quality.mask_iou`, the pseudo-labels' agreement with a hidden truth) is
+:func:`overlap_scores`, which computes MONAI's :func:`monai.metrics.compute_iou` /
+:func:`monai.metrics.compute_dice` with ``ignore_empty=False`` on boolean masks (exact integer counts)
+and puts ``empty_score`` where both masks are empty (MONAI's value there is 1.0).
 """
 
 from __future__ import annotations
 
 import torch
+from monai.metrics import compute_dice, compute_iou
 from monai.networks.utils import one_hot
 from monai.utils import convert_to_tensor
 
@@ -30,6 +39,7 @@ __all__ = [
     "binary_iou",
     "channel_dice",
     "channel_iou",
+    "overlap_scores",
     "present_class_miou",
 ]
 
@@ -56,22 +66,48 @@ def _check_pair(y_pred: torch.Tensor, y: torch.Tensor, name: str) -> None:
         )
 
 
-def _overlap(
-    y_pred: torch.Tensor, y: torch.Tensor, name: str
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per (image, channel) intersection, predicted size and ground-truth size, each (B, C) float."""
+def overlap_scores(
+    y_pred: torch.Tensor,
+    y: torch.Tensor,
+    metric: str = "iou",
+    empty_score: float = 1.0,
+    valid: torch.Tensor | None = None,
+    pool_channels: bool = False,
+    name: str = "overlap_scores",
+) -> torch.Tensor:
+    """
+    Per-image, per-channel IoU or Dice of discretised masks: the one implementation of the package.
+
+    MONAI's :func:`monai.metrics.compute_iou` / :func:`monai.metrics.compute_dice` (``ignore_empty=False``,
+    every channel) on the boolean masks, with ``empty_score`` where both masks are empty.
+
+    Args:
+        y_pred: discretised prediction, ``(B, C, *spatial)`` (a value above 0.5 is foreground).
+        y: ground truth of the same shape.
+        metric: ``"iou"`` or ``"dice"``.
+        empty_score: the score where prediction and truth are both empty (in ``valid``).
+        valid: optional ``(B, 1 or C, *spatial)`` map; only its foreground elements are counted.
+        pool_channels: count the elements of all channels together (one score per image).
+        name: the caller's name in error messages.
+
+    Returns:
+        ``(B, C)`` float32, or ``(B, 1)`` with ``pool_channels``.
+    """
+    if metric not in ("iou", "dice"):
+        raise ValueError(f"{name}: metric must be 'iou' or 'dice', got {metric!r}.")
     p = as_bool_mask(y_pred)
     g = as_bool_mask(y).to(p.device)
     _check_pair(p, g, name)
+    if valid is not None:
+        v = as_bool_mask(valid).to(p.device)
+        p, g = p & v, g & v
+    if pool_channels:
+        p, g = p.flatten(1).unsqueeze(1), g.flatten(1).unsqueeze(1)
+    compute = compute_iou if metric == "iou" else compute_dice
+    scores = compute(p, g, include_background=True, ignore_empty=False).float()
     dims = list(range(2, p.dim()))
-    inter = (p & g).sum(dim=dims).float()
-    return inter, p.sum(dim=dims).float(), g.sum(dim=dims).float()
-
-
-def _ratio(num: torch.Tensor, den: torch.Tensor, empty_score: float) -> torch.Tensor:
-    """``num / den``, with ``empty_score`` where ``den == 0`` (both masks empty)."""
-    empty = den == 0
-    return torch.where(empty, torch.full_like(num, float(empty_score)), num / den.clamp_min(1))
+    empty = ~(p.any(dim=dims) | g.any(dim=dims))
+    return torch.where(empty, torch.full_like(scores, float(empty_score)), scores)
 
 
 def channel_iou(y_pred: torch.Tensor, y: torch.Tensor, empty_score: float = 1.0) -> torch.Tensor:
@@ -86,8 +122,7 @@ def channel_iou(y_pred: torch.Tensor, y: torch.Tensor, empty_score: float = 1.0)
     Returns:
         ``(B, C)`` float tensor.
     """
-    inter, p_sum, g_sum = _overlap(y_pred, y, "channel_iou")
-    return _ratio(inter, p_sum + g_sum - inter, empty_score)
+    return overlap_scores(y_pred, y, "iou", empty_score, name="channel_iou")
 
 
 def channel_dice(y_pred: torch.Tensor, y: torch.Tensor, empty_score: float = 1.0) -> torch.Tensor:
@@ -97,8 +132,7 @@ def channel_dice(y_pred: torch.Tensor, y: torch.Tensor, empty_score: float = 1.0
     Returns:
         ``(B, C)`` float tensor.
     """
-    inter, p_sum, g_sum = _overlap(y_pred, y, "channel_dice")
-    return _ratio(2.0 * inter, p_sum + g_sum, empty_score)
+    return overlap_scores(y_pred, y, "dice", empty_score, name="channel_dice")
 
 
 def _single_channel(scores: torch.Tensor, name: str) -> torch.Tensor:

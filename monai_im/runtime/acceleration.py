@@ -23,6 +23,24 @@ Defaults and why:
   when freed, so each forward pass faults the pages of its large activations in again, zero-filled by the
   kernel: at 256 x 256 that was half of a teacher's forward pass and a third of a training step on the
   2-core test machine. The numbers computed are the same; the process keeps its peak memory.
+
+Why the policy lives in the network's forward pass (and not in MONAI's ``amp`` arguments):
+
+- MONAI 1.6.1's engines apply their precision as ``torch.autocast("cuda", **amp_kwargs)``
+  (``SupervisedTrainer`` and ``SupervisedEvaluator``): the device type is fixed, so
+  ``amp_kwargs={"device_type": "cpu", ...}`` is a ``TypeError`` (two values for ``device_type``), and
+  ``amp=True`` on a CPU is a CUDA autocast that torch disables with a warning (plus a disabled CUDA
+  gradient scaler). Validation would then run in float32 instead of the bfloat16 of the inference
+  policy: slower, and validation metrics (hence best epochs and checkpoints) would change. On CUDA,
+  :meth:`RunSettings.trainer_amp` does use MONAI's ``amp`` where its gradient scaler is needed.
+- networks also run outside the engines (the pseudo-labeller, sliding-window inferers, EvalNet, bundle
+  inference); one forward pass keeps one policy for all of them.
+- the plain-torch route itself is not the obstacle: for the pseudo-labeller's work (3 IMUNet teachers,
+  a batch of 32x3x256x256, bfloat16 autocast, channels_last) ``network.to(memory_format=channels_last)``,
+  ``contiguous(memory_format=channels_last)`` inputs and one ``torch.autocast("cpu", dtype=bfloat16)``
+  gave bit-identical logits, and the same speed within the noise of the shared 2-core test machine:
+  per-round CPU-time ratio plain / patched, median 1.09 (8 interleaved rounds) and 0.94 (12 rounds),
+  single rounds from 0.6 to 1.7 (``benchmarks/speed_policy_route.py``). The speed did not decide it.
 """
 
 from __future__ import annotations

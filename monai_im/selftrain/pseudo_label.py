@@ -25,6 +25,7 @@ from monai.utils import convert_to_tensor
 from monai_im.data.datalist import write_datalist
 from monai_im.io import atomic_directory, atomic_write_json, load_json
 from monai_im.methods import Method
+from monai_im.metrics.functional import overlap_scores
 from monai_im.runtime.acceleration import RunSettings
 from monai_im.runtime.concurrency import prefetch
 from monai_im.runtime.progress import progress_bar
@@ -533,9 +534,7 @@ class PseudoLabeler:
         Both empty outside the IM scores 1; an image entirely inside the IM has nothing to score (NaN).
         """
         valid = torch.ones_like(pred) if im is None else (im < 0.5).expand_as(pred)
-        inter = (pred & truth & valid).flatten(1).sum(1).float()
-        union = ((pred | truth) & valid).flatten(1).sum(1).float()
-        iou = torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
+        iou = overlap_scores(pred, truth, "iou", valid=valid, pool_channels=True)[:, 0]
         return torch.where(valid.flatten(1).any(1), iou, torch.full_like(iou, float("nan")))
 
     @staticmethod

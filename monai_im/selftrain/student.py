@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,16 +17,7 @@ from monai.inferers import Inferer
 from monai_im.methods.context import StudentResult
 from monai_im.runtime.acceleration import RunSettings
 from monai_im.runtime.epoch_progress import EpochProgressBar
-from monai_im.selftrain.checkpoint import (
-    FORMAT_VERSION,
-    LAST_CHECKPOINT,
-    load_checkpoint,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-    set_transform_states,
-    transform_states,
-)
+from monai_im.selftrain.checkpoint import LAST_CHECKPOINT, EpochCheckpoint
 
 __all__ = [
     "StudentResult",
@@ -216,15 +206,15 @@ def train_student(
         disable=not progress,
     ).attach(trainer)
     finished, last = False, save_dir / LAST_CHECKPOINT
-    resumable = _Resumable(
-        trainer, evaluator, saver, optimizer, history, train_loader, iteration_update, generation, index
+    epoch_checkpoint = EpochCheckpoint(
+        last, trainer, evaluator, saver, optimizer, history, train_loader, iteration_update, generation, index
     )
-    if resume and last.is_file():  # before the handlers attach: they see the epoch it resumes after
-        finished = resumable.restore(last, epochs)
+    if resume:  # before the handlers attach: they see the epoch it resumes after
+        finished = epoch_checkpoint.restore(epochs)
     for h in extra_handlers:
         h.attach(trainer)
     if resume:  # the last handler of an epoch: everything of the epoch is done when it is saved
-        trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda engine: resumable.save(last))
+        epoch_checkpoint.attach(trainer)
     if not finished:
         trainer.run()
     return StudentResult(
@@ -235,91 +225,6 @@ def train_student(
         checkpoint=str(save_dir / "model.pt"),
         history=history,
     )
-
-
-class _Resumable:
-    """Writes and restores the epoch checkpoint of one student's training (see ``train_student``)."""
-
-    def __init__(
-        self, trainer, evaluator, saver, optimizer, history, loader, step, generation, index
-    ) -> None:
-        self.trainer, self.evaluator, self.saver, self.optimizer = trainer, evaluator, saver, optimizer
-        self.history, self.loader, self.generation, self.index = history, loader, generation, index
-        self.step = step if hasattr(step, "state_dict") and hasattr(step, "load_state_dict") else None
-        self.generator = getattr(loader, "generator", None)
-        if not isinstance(self.generator, torch.Generator):
-            self.generator = None
-        self.dataset = getattr(loader, "dataset", None)
-        self.key_saver = getattr(saver, "_key_metric_checkpoint", None)
-
-    def save(self, path: Path) -> None:
-        state = {
-            "format": FORMAT_VERSION,
-            "generation": self.generation,
-            "index": self.index,
-            "model": self.trainer.network.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "trainer": dict(self.trainer.state_dict()),
-            "best_metric": float(self.evaluator.state.best_metric),
-            "best_epoch": int(self.evaluator.state.best_metric_epoch),
-            "saver": self.key_saver.state_dict() if self.key_saver is not None else None,
-            "history": list(self.history),
-            "rng": rng_state(),
-            "loader": self.generator.get_state() if self.generator is not None else None,
-            "transforms": transform_states(self.dataset),
-            "step": self.step.state_dict() if self.step is not None else None,
-        }
-        if getattr(self.trainer, "scaler", None) is not None:
-            state["scaler"] = self.trainer.scaler.state_dict()
-        save_checkpoint(state, path)
-
-    def restore(self, path: Path, epochs: int) -> bool:
-        """Continue from ``path``; returns whether its training had already finished."""
-        try:
-            state = load_checkpoint(path)
-        except Exception as e:  # a damaged or foreign file: start over, loudly
-            warnings.warn(
-                f"gen {self.generation} student {self.index}: ignoring {path} ({e}); training from the start.",
-                stacklevel=2,
-            )
-            return False
-        saved = state["trainer"]
-        length = len(self.loader) if hasattr(self.loader, "__len__") else saved.get("epoch_length")
-        if saved.get("max_epochs") != epochs or saved.get("epoch_length") != length:
-            warnings.warn(
-                f"gen {self.generation} student {self.index}: {path} is of another schedule "
-                f"({saved.get('max_epochs')} epochs of {saved.get('epoch_length')} batches, now {epochs} of "
-                f"{length}); training from the start.",
-                stacklevel=2,
-            )
-            return False
-        self.trainer.network.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.trainer.load_state_dict(saved)
-        self.evaluator.state.best_metric = state["best_metric"]
-        self.evaluator.state.best_metric_epoch = state["best_epoch"]
-        if self.key_saver is not None and state.get("saver") is not None:
-            self.key_saver.load_state_dict(state["saver"])
-        self.history[:] = state["history"]
-        set_rng_state(state["rng"])
-        if self.generator is not None and state.get("loader") is not None:
-            self.generator.set_state(state["loader"])
-        set_transform_states(self.dataset, state.get("transforms") or [])
-        if self.step is not None and state.get("step") is not None:
-            self.step.load_state_dict(state["step"])
-        if "scaler" in state:  # MONAI makes the AMP scaler when the run starts: restore it then
-            scaler_state = state["scaler"]
-
-            def _restore_scaler(engine) -> None:
-                if getattr(engine, "scaler", None) is not None:
-                    engine.scaler.load_state_dict(scaler_state)
-
-            self.trainer.add_event_handler(Events.STARTED, _restore_scaler)
-        done = int(saved["iteration"]) // max(int(saved["epoch_length"]), 1)
-        print(
-            f"gen {self.generation} student {self.index}: resuming after epoch {done} of {epochs}", flush=True
-        )
-        return done >= epochs
 
 
 def _is_number(v: Any) -> bool:

@@ -11,7 +11,7 @@ from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys as Keys
 
-from monai_im.methods.steps import ConsistencyIteration, photometric_views
+from monai_im.methods.steps import ConsistencyIteration, TrainingStep, photometric_views
 
 
 def _labeled(n: int, seed: int = 0, channels: int = 1) -> list[dict]:
@@ -129,6 +129,51 @@ def test_weight_zero_equals_plain_supervised_step(accumulation_steps):
         assert torch.equal(a, b)
     assert any(not torch.allclose(a, b) for a, b in zip(plain_net.parameters(), full_net.parameters()))
     assert any(not torch.equal(a, b) for a, b in zip(plain_net.parameters(), _network().parameters()))
+
+
+class _ZeroExtraTerm(TrainingStep):
+    """The skeleton with an extra loss term that is exactly zero (and still in the graph)."""
+
+    def loss(self, engine, pred, inputs, targets):
+        supervised, _ = super().loss(engine, pred, inputs, targets)
+        extra = pred.square().mean()
+        return supervised + 0.0 * extra, {"extra": extra.detach()}
+
+
+def _batch_norm_network() -> torch.nn.Module:
+    torch.manual_seed(3)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3, padding=1),
+        torch.nn.BatchNorm2d(4),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(4, 1, 1),
+    )
+
+
+@pytest.mark.parametrize("step", [TrainingStep, _ZeroExtraTerm])
+@pytest.mark.parametrize("accumulation_steps", [1, 2])
+def test_skeleton_step_is_monais_supervised_step(step, accumulation_steps):
+    """The skeleton without (or with a zero) extra term gives exactly the parameters, batch-norm statistics,
+    optimizer state and losses of MONAI's own SupervisedTrainer step, on the same batches and seed."""
+    data = _labeled(3, seed=4)
+    runs = []
+    for iteration in (None, step()):
+        net = _batch_norm_network()
+        trainer = _trainer(net, data, iteration, decollate=False, accumulation_steps=accumulation_steps)
+        outputs = _record(trainer)
+        trainer.run()
+        losses = [out[Keys.LOSS] for out in outputs]
+        runs.append((net.state_dict(), trainer.optimizer.state_dict()["state"], losses))
+    (monai_weights, monai_optim, monai_losses), (weights, optim, losses) = runs
+    assert monai_weights.keys() == weights.keys()
+    for name in monai_weights:
+        assert torch.equal(monai_weights[name], weights[name]), name
+    assert monai_optim.keys() == optim.keys()
+    for index in monai_optim:
+        for key in monai_optim[index]:
+            assert torch.equal(monai_optim[index][key], optim[index][key]), (index, key)
+    assert all(torch.equal(a, b) for a, b in zip(monai_losses, losses)) and len(losses) == 3
+    assert not torch.equal(monai_weights["0.weight"], _batch_norm_network().state_dict()["0.weight"])
 
 
 def test_unlabeled_loader_is_cycled():

@@ -6,7 +6,14 @@ import torch
 from monai.data import MetaTensor
 from monai.networks.utils import one_hot
 
-from monai_im.metrics import binary_dice, binary_iou, channel_dice, channel_iou, present_class_miou
+from monai_im.metrics import (
+    binary_dice,
+    binary_iou,
+    channel_dice,
+    channel_iou,
+    overlap_scores,
+    present_class_miou,
+)
 
 
 def _masks(*rows_per_image: list[list[int]]) -> torch.Tensor:
@@ -123,3 +130,63 @@ def test_vectorised_matches_per_image_loop():
     gt = torch.from_numpy(rng.random((5, 1, 8, 8)) > 0.5)
     looped = torch.cat([binary_iou(pred[i : i + 1], gt[i : i + 1]) for i in range(5)])
     torch.testing.assert_close(binary_iou(pred, gt), looped)
+
+
+# ----------------------------------------------------------------------------- one implementation, MONAI's
+@pytest.mark.parametrize("shape", [(5, 1, 12, 10), (3, 4, 9, 9), (2, 3, 5, 6, 7)])
+def test_matches_monai_metrics_where_the_conventions_agree(shape):
+    """Non-empty ground truth everywhere: MONAI's MeanIoU / DiceMetric (default ignore_empty) agree exactly."""
+    from monai.metrics import DiceMetric, MeanIoU
+
+    g = torch.Generator().manual_seed(sum(shape))
+    pred = (torch.rand(shape, generator=g) < 0.4).float()
+    truth = (torch.rand(shape, generator=g) < 0.3).float()
+    truth[..., 0] = 1.0  # every (image, channel) has foreground
+    pred[0, 0] = 0.0  # an empty prediction against a non-empty truth scores 0 in both
+    iou = MeanIoU(include_background=True, reduction="none")(pred, truth)
+    dice = DiceMetric(include_background=True, reduction="none")(pred, truth)
+    assert torch.equal(channel_iou(pred, truth), iou) and torch.equal(channel_dice(pred, truth), dice)
+    assert channel_iou(pred, truth)[0, 0] == 0 and 0 < float(iou.mean()) < 1
+    if shape[1] == 1:
+        assert torch.equal(binary_iou(pred, truth), iou[:, 0]) and torch.equal(
+            binary_dice(pred, truth), dice[:, 0]
+        )
+
+
+def test_empty_prediction_and_truth_score_empty_score_where_monai_gives_nan():
+    from monai.metrics import compute_dice, compute_iou
+
+    pred = torch.zeros(2, 2, 4, 4)
+    truth = torch.zeros(2, 2, 4, 4)
+    pred[1, 1, 0, 0] = truth[1, 1, 0, 0] = 1.0  # image 1, channel 1: both non-empty and equal
+    assert torch.equal(channel_iou(pred, truth), torch.ones(2, 2))
+    assert torch.equal(channel_dice(pred, truth), torch.ones(2, 2))
+    assert torch.equal(channel_iou(pred, truth, empty_score=0.25), torch.tensor([[0.25, 0.25], [0.25, 1.0]]))
+    assert torch.equal(channel_dice(pred, truth, empty_score=0.0), torch.tensor([[0.0, 0.0], [0.0, 1.0]]))
+    # MONAI: NaN by default, 1.0 with ignore_empty=False (our default)
+    assert torch.isnan(compute_iou(pred, truth)[0]).all() and torch.isnan(compute_dice(pred, truth)[0]).all()
+    assert torch.equal(compute_iou(pred, truth, ignore_empty=False), channel_iou(pred, truth))
+    assert torch.equal(compute_dice(pred, truth, ignore_empty=False), channel_dice(pred, truth))
+
+
+def test_overlap_scores_valid_region_and_pooled_channels():
+    g = torch.Generator().manual_seed(3)
+    pred = torch.rand(4, 2, 6, 6, generator=g) > 0.5
+    truth = torch.rand(4, 2, 6, 6, generator=g) > 0.5
+    valid = torch.rand(4, 1, 6, 6, generator=g) > 0.3
+    pooled = overlap_scores(pred, truth, valid=valid, pool_channels=True)
+    v = valid.expand_as(pred)
+    inter = (pred & truth & v).flatten(1).sum(1).float()
+    union = ((pred | truth) & v).flatten(1).sum(1).float()
+    assert pooled.shape == (4, 1) and torch.equal(pooled[:, 0], inter / union)
+    dice = overlap_scores(pred, truth, "dice", valid=valid)
+    hand = (
+        2
+        * (pred & truth & v).sum((2, 3)).float()
+        / ((pred & v).sum((2, 3)) + (truth & v).sum((2, 3))).float()
+    )
+    torch.testing.assert_close(dice, hand)
+    nothing = torch.zeros(4, 1, 6, 6, dtype=torch.bool)
+    assert torch.equal(overlap_scores(pred, truth, valid=nothing, empty_score=0.5), torch.full((4, 2), 0.5))
+    with pytest.raises(ValueError, match="metric must be 'iou' or 'dice'"):
+        overlap_scores(pred, truth, "f1")

@@ -65,7 +65,10 @@ def test_defaults_fp32_cpu_training_and_native_bf16_cpu_inference(monkeypatch):
         assert RunSettings(inference_precision="bf16").dtype("cpu", training=False) is None
     with pytest.warns(RuntimeWarning, match="gradient scaler"):
         assert RunSettings(precision="fp16").dtype("cpu", training=True) is None
-    assert RunSettings(precision="fp32", inference_precision="fp32").describe("cpu")["inference_precision"] == "fp32"
+    assert (
+        RunSettings(precision="fp32", inference_precision="fp32").describe("cpu")["inference_precision"]
+        == "fp32"
+    )
 
 
 @pytest.mark.parametrize("bf16_supported, expected", [(True, torch.bfloat16), (False, torch.float16)])
@@ -330,3 +333,29 @@ def test_preparing_for_cpu_turns_memory_reuse_on_unless_asked_not_to(monkeypatch
     assert RunSettings(reuse_cpu_memory=False).describe("cpu")["reuse_cpu_memory"] is False
     with pytest.raises(ValueError, match="reuse_cpu_memory must be true or false"):
         RunSettings(reuse_cpu_memory="yes")
+
+
+# ------------------------------------------------------------------------------------- why the forward pass
+def test_monai_engines_cannot_autocast_on_cpu_so_the_network_carries_the_policy():
+    """The reason given in the module docstring: MONAI's evaluator autocasts as "cuda" only. If this fails,
+    MONAI learned CPU autocast and the engines' ``amp`` arguments may replace the patched forward pass."""
+    from monai.engines import SupervisedEvaluator
+
+    seen: list[torch.dtype] = []
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 1, 1))
+    net[0].register_forward_hook(lambda module, args, out: seen.append(out.dtype))  # inside the network
+    data = [{"image": torch.rand(1, 1, 4, 4), "label": torch.zeros(1, 1, 4, 4)}]
+
+    def evaluator(**amp) -> SupervisedEvaluator:
+        return SupervisedEvaluator(device="cpu", val_data_loader=data, network=net, decollate=False, **amp)
+
+    with pytest.raises(TypeError, match="device_type"):
+        evaluator(amp=True, amp_kwargs={"device_type": "cpu", "dtype": torch.bfloat16}).run()
+    with pytest.warns(UserWarning, match="CUDA is not available"):
+        evaluator(amp=True, amp_kwargs={"dtype": torch.bfloat16}).run()
+    assert seen == [torch.float32]  # MONAI's amp did not change the CPU forward pass
+    if BF16 is not None:  # the prepared network does run its inference policy inside the same evaluator
+        seen.clear()
+        RunSettings(inference_precision="bf16").prepare_network(net, "cpu")
+        evaluator().run()
+        assert seen == [torch.bfloat16]

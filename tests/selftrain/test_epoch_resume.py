@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from ignite.engine import Events
+from ignite.engine import Engine, Events
 from monai.data import CacheDataset, DataLoader
-from monai.handlers import from_engine
+from monai.handlers import CheckpointLoader, from_engine
 from monai.transforms import Compose, RandFlipd, RandGaussianNoised
 from monai.utils import set_determinism
 
@@ -17,7 +17,12 @@ from monai_im.methods.steps import ConsistencyIteration
 from monai_im.metrics import PerImageIoU
 from monai_im.networks import IMUNet
 from monai_im.selftrain import train_student
-from monai_im.selftrain.checkpoint import LAST_CHECKPOINT, EpochShuffleSampler, load_checkpoint
+from monai_im.selftrain.checkpoint import (
+    FORMAT_VERSION,
+    LAST_CHECKPOINT,
+    EpochShuffleSampler,
+    load_checkpoint,
+)
 
 
 class Interrupted(RuntimeError):
@@ -117,7 +122,8 @@ def test_interrupted_training_resumes_to_the_uninterrupted_result(tmp_path, step
         _train(tmp_path / "cut", step_kind, handlers=[_StopAt(3)])
     state = load_checkpoint(tmp_path / "cut" / LAST_CHECKPOINT)
     assert state["trainer"]["iteration"] == 2 * 3  # two epochs of 3 batches were done
-    assert [row["epoch"] for row in state["history"]] == [1, 2]
+    assert [row["epoch"] for row in state["training"]["history"]] == [1, 2]
+    assert ("step" in state) == (step_kind is not None)  # MONAI's save_dict layout: one entry per object
 
     resumed, resumed_net, resumed_step = _train(tmp_path / "cut", step_kind)
     _same_weights(resumed_net, whole_net)
@@ -196,3 +202,28 @@ def test_a_study_killed_inside_a_student_resumes_it_from_its_epoch_checkpoint(
     a = torch.load(student / "model.pt", weights_only=True)
     b = torch.load(tmp_path / "whole" / "generation_0" / "student_0" / "model.pt", weights_only=True)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_checkpoint_is_monais_save_dict_layout_and_a_format_1_file_starts_over(tmp_path):
+    first, net, _ = _train(tmp_path / "s", None, epochs=2)
+    path = tmp_path / "s" / LAST_CHECKPOINT
+    saved = torch.load(path, weights_only=True)
+    assert set(saved) == {"model", "optimizer", "trainer", "training"}
+    assert saved["training"]["format"] == FORMAT_VERSION == 2
+    # MONAI's CheckpointLoader restores the objects from it
+    fresh = IMUNet(2, 1, 1, alpha=0.25, dropout=0.2)
+    CheckpointLoader(str(path), {"model": fresh})(Engine(lambda e, b: None))
+    _same_weights(fresh, net)
+
+    # a file of the previous format (one flat dict) is refused in one line and the student starts over
+    flat = {"format": 1, **{k: v for k, v in saved.items() if k != "training"}, **saved["training"]}
+    flat["format"] = 1
+    torch.save(flat, path)
+    with pytest.warns(UserWarning) as caught:
+        again, again_net, _ = _train(tmp_path / "s", None, epochs=2)
+    message = str(caught[0].message)
+    assert "an epoch checkpoint of format 1; this version reads format 2" in message
+    assert "training from the start" in message and "\n" not in message
+    assert again.history == first.history  # trained from the start: the same result
+    _same_weights(again_net, net)
+    assert torch.load(path, weights_only=True)["training"]["format"] == 2
