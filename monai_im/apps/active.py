@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -38,6 +38,9 @@ from monai_im.apps.suggest import SCORES, Suggester, SuggestionError
 from monai_im.data.datalist import load_datalist, write_datalist
 from monai_im.io import atomic_write_json, load_json
 from monai_im.methods.blocks import input_views, predict_views
+
+if TYPE_CHECKING:  # the study's type only: importing the loop is not needed to read one
+    from monai_im.selftrain.study import SelfTrainingStudy
 
 __all__ = [
     "STRATEGIES",
@@ -128,7 +131,7 @@ def random_selection(num_items: int, k: int, seed: int | Sequence[int]) -> list[
     return [int(i) for i in np.random.default_rng(seed).choice(num_items, size=k, replace=False)]
 
 
-def im_scores(study: Any, score: str = "im_fraction") -> list[float]:
+def im_scores(study: SelfTrainingStudy, score: str = "im_fraction") -> list[float]:
     """One disagreement score per unlabeled image of a finished study, in datalist order.
 
     The teachers are those :class:`monai_im.apps.suggest.Suggester` uses (the teachers of the study's
@@ -179,7 +182,7 @@ def tta_variance(
     return probs.var(dim=0, unbiased=False).flatten(1).mean(dim=1)
 
 
-def tta_variance_scores(study: Any, views: int = 4) -> list[float]:
+def tta_variance_scores(study: SelfTrainingStudy, views: int = 4) -> list[float]:
     """:func:`tta_variance` of the best student of a finished study's last finished generation, for every
     unlabeled image, in datalist order (the study's inference transforms, batch size, device, inferer)."""
     from monai.data import DataLoader, Dataset
@@ -211,7 +214,7 @@ def tta_variance_scores(study: Any, views: int = 4) -> list[float]:
 
 def select(
     strategy: str,
-    study: Any,
+    study: SelfTrainingStudy,
     k: int,
     seed: int | Sequence[int] = 0,
     score: str = "im_fraction",
@@ -274,7 +277,7 @@ def finished_study(
     return len(results.get("generations", [])) >= generations + 1
 
 
-def load_bundle_study(config_files: Sequence[str | Path], overrides: Mapping[str, Any]) -> Any:
+def load_bundle_study(config_files: Sequence[str | Path], overrides: Mapping[str, Any]) -> SelfTrainingStudy:
     """The ``study`` of a bundle built (not run) from its configs and overrides, without tracking handlers.
 
     Args:
@@ -303,7 +306,7 @@ def simulate(
     source_dir: str | Path,
     out_dir: str | Path,
     train: Callable[[Path, Path], Any],
-    load_study: Callable[[Path, Path], Any],
+    load_study: Callable[[Path, Path], SelfTrainingStudy],
     strategies: Sequence[str] = STRATEGIES,
     rounds: int = 2,
     budget: int = 10,

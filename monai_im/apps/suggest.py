@@ -20,7 +20,7 @@ import io
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from monai.utils import convert_to_tensor
@@ -29,6 +29,9 @@ from monai_im.io import atomic_directory, atomic_write_bytes, atomic_write_json,
 from monai_im.runtime.progress import progress_bar
 from monai_im.selftrain.student import StudentResult
 from monai_im.transforms.functional import check_mode, check_threshold, inconsistency_mask, mask_image
+
+if TYPE_CHECKING:  # the study's type only: importing the loop is not needed to read one
+    from monai_im.selftrain.study import SelfTrainingStudy
 
 __all__ = ["SCORES", "Suggester", "SuggestionError", "disagreement_scores", "suggest"]
 
@@ -125,7 +128,7 @@ class Suggester:
 
     def __init__(
         self,
-        study: Any,
+        study: SelfTrainingStudy,
         top_k: int = 20,
         generation: int | None = None,
         score: str = "im_fraction",
@@ -375,7 +378,7 @@ class Suggester:
 
 
 def suggest(
-    study: Any,
+    study: SelfTrainingStudy,
     top_k: int = 20,
     score: str = "im_fraction",
     generation: int | None = None,

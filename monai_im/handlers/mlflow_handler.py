@@ -40,7 +40,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from ignite.engine import Events
@@ -60,6 +60,11 @@ from monai_im.handlers.mlflow_store import (
     run_is_active,
 )
 from monai_im.io import atomic_write_json, load_json
+
+if TYPE_CHECKING:  # the study's type only: importing the loop is not needed to read one
+    from monai_im.methods.context import StudentResult
+    from monai_im.selftrain.pseudo_result import PseudoLabelResult
+    from monai_im.selftrain.study import SelfTrainingStudy
 
 __all__ = [
     "EXPERIMENT_KIND_TAG",
@@ -140,7 +145,7 @@ class MLflowStudyHandler:
     def default_uri(output_dir: Path) -> str:
         return f"sqlite:///{(Path(output_dir).resolve() / 'mlflow.db').as_posix()}"
 
-    def attach(self, study: Any) -> None:
+    def attach(self, study: SelfTrainingStudy) -> None:
         """Check the tracking store (one line and exit if it cannot be used), then register with the study's
         events (:class:`monai_im.selftrain.events.StudyEvents`)."""
         from monai_im.selftrain.events import StudyEvents
@@ -285,7 +290,7 @@ class MLflowStudyHandler:
 
     # ------------------------------------------------------------------ study hooks
     @_never_raises
-    def study_started(self, study: Any) -> None:
+    def study_started(self, study: SelfTrainingStudy) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         old = load_json(self.state_file) if self.state_file.is_file() else {}
         if getattr(study, "started_over", False):  # --overwrite: a new study gets new runs
@@ -318,7 +323,7 @@ class MLflowStudyHandler:
         self.submit(("setup",), ("create", "study", None, name, desc, True, then))
 
     @_never_raises
-    def generation_started(self, study: Any, generation: int) -> None:
+    def generation_started(self, study: SelfTrainingStudy, generation: int) -> None:
         key = f"generation {generation}"
         if key not in self._requested:
             self._requested.add(key)
@@ -326,7 +331,7 @@ class MLflowStudyHandler:
             self.submit(("create", key, "study", key, params, True, ()))
 
     @_never_raises
-    def student_started(self, study: Any, generation: int, index: int, trainer: Any) -> None:
+    def student_started(self, study: SelfTrainingStudy, generation: int, index: int, trainer: Any) -> None:
         self.generation_started(study, generation)
         key = f"student {generation}.{index}"
         params = {"generation": generation, "student": index, "method": study.method.name}
@@ -342,7 +347,7 @@ class MLflowStudyHandler:
         trainer.add_event_handler(Events.EPOCH_COMPLETED, _log_epoch)
 
     @_never_raises
-    def student_finished(self, study: Any, result: Any, resumed: bool) -> None:
+    def student_finished(self, study: SelfTrainingStudy, result: StudentResult, resumed: bool) -> None:
         key = f"student {result.generation}.{result.index}"
         if key not in self._requested:  # finished in an earlier process
             return
@@ -357,7 +362,12 @@ class MLflowStudyHandler:
 
     @_never_raises
     def pseudo_labels_ready(
-        self, study: Any, generation: int, result: Any, figure: Path | None, resumed: bool
+        self,
+        study: SelfTrainingStudy,
+        generation: int,
+        result: PseudoLabelResult,
+        figure: Path | None,
+        resumed: bool,
     ) -> None:
         if generation in self.state["pseudo_logged"]:
             return
@@ -373,7 +383,9 @@ class MLflowStudyHandler:
         self.submit(*calls, ("mark", "pseudo_logged", generation))
 
     @_never_raises
-    def generation_finished(self, study: Any, summary: Mapping[str, Any], resumed: bool) -> None:
+    def generation_finished(
+        self, study: SelfTrainingStudy, summary: Mapping[str, Any], resumed: bool
+    ) -> None:
         g = int(summary["generation"])
         if g in self.state["finished"]:
             return
@@ -392,7 +404,7 @@ class MLflowStudyHandler:
         self.submit(*calls, ("end", key, "FINISHED"), ("mark", "finished", g))
 
     @_never_raises
-    def study_finished(self, study: Any, summaries: list[Mapping[str, Any]]) -> None:
+    def study_finished(self, study: SelfTrainingStudy, summaries: list[Mapping[str, Any]]) -> None:
         calls = [("artifact", "study", str(study.output_dir / "results.json"), None)]
         test_key = f"test_{study.key_metric_name}"
         values = [s.get("test", {}).get(test_key) for s in summaries]
