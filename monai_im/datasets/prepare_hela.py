@@ -176,16 +176,7 @@ def prepare_hela(
         root = find_root(
             extract_sources({"hela": source}, scratch, progress=progress, limits=limits)["hela"], layout
         )
-        per_split = {s: list_sources(pick_folder(root, layout.split_names(s), s), layout) for s in SPLITS}
-        check_pair_sizes(
-            [(src[1], m) for rows in per_split.values() for src in rows for m in src[2:]], progress
-        )
-        tasks = [
-            (split, *src, staging, crop_size, overlap) for split, rows in per_split.items() for src in rows
-        ]
-        results = parallel_map(process_source, tasks, workers=workers, desc="crop HeLa", progress=progress)
-        crops: dict[tuple[str, str], list[dict[str, str]]] = {(t[0], t[1]): r for t, r in zip(tasks, results)}
-
+        per_split, crops = _crop_sources(root, layout, staging, crop_size, overlap, workers, progress)
         train_stems = sorted(stem for stem, *_ in per_split["train"])
         labeled_stems, unlabeled_stems = split_labeled(
             train_stems, labeled_fraction=labeled_fraction, seed=seed
@@ -202,6 +193,25 @@ def prepare_hela(
         info = _dataset_info(archive_info, crop_size, overlap, labeled_fraction, seed)
         write_dataset(staging, datalist, {**info, "counts": counts, "source_images": source_images})
     return {"out_dir": str(out_dir), "counts": counts, "source_images": source_images}
+
+
+def _crop_sources(
+    root: Path,
+    layout: HelaLayout,
+    staging: Path,
+    crop_size: int,
+    overlap: float,
+    workers: int | None,
+    progress: bool,
+) -> tuple[dict[str, list[tuple[str, Path, Path, Path, Path]]], dict[tuple[str, str], list[dict[str, str]]]]:
+    """The source images of every split (sizes checked first), and the datalist rows of the crops of each,
+    written into ``staging`` by the worker processes."""
+    per_split = {s: list_sources(pick_folder(root, layout.split_names(s), s), layout) for s in SPLITS}
+    check_pair_sizes([(src[1], m) for rows in per_split.values() for src in rows for m in src[2:]], progress)
+    tasks = [(split, *src, staging, crop_size, overlap) for split, rows in per_split.items() for src in rows]
+    results = parallel_map(process_source, tasks, workers=workers, desc="crop HeLa", progress=progress)
+    crops: dict[tuple[str, str], list[dict[str, str]]] = {(t[0], t[1]): r for t, r in zip(tasks, results)}
+    return per_split, crops
 
 
 def _obtain_release(
