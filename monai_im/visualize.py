@@ -84,6 +84,16 @@ def _save_figure(fig: Figure, path: str | os.PathLike) -> Path:
     return atomic_write_bytes(path, buf.getvalue())
 
 
+def _panel_display(arr: np.ndarray, kind: str, n_teachers: int) -> tuple[np.ndarray, dict[str, Any]]:
+    """What ``imshow`` draws for one panel of the IM figure: the teachers' agreement count (``kind``
+    ``"count"``) on a fixed 0..n_teachers scale, the other panels by :func:`to_display`."""
+    if kind != "count":
+        return to_display(arr, kind)
+    if arr.shape[0] == 1:
+        return arr[0], {"cmap": "viridis", "vmin": 0, "vmax": n_teachers, "interpolation": "nearest"}
+    return to_display(arr / max(n_teachers, 1), "image")
+
+
 def plot_inconsistency_mask(
     images: Any,
     teacher_masks: Any,
@@ -151,16 +161,7 @@ def plot_inconsistency_mask(
         ]
         for c, (title, arr, kind) in enumerate(panels):
             ax = axes[r, c]
-            if kind == "count":
-                if arr.shape[0] == 1:
-                    data, opts = (
-                        arr[0],
-                        {"cmap": "viridis", "vmin": 0, "vmax": n_teachers, "interpolation": "nearest"},
-                    )
-                else:
-                    data, opts = to_display(arr / max(n_teachers, 1), "image")
-            else:
-                data, opts = to_display(arr, kind)
+            data, opts = _panel_display(arr, kind, n_teachers)
             ax.imshow(data, **opts)
             ax.set_xticks([])
             ax.set_yticks([])

@@ -278,45 +278,10 @@ def download(
             raise DownloadError(f"{url}: cannot download {dest.name} ({e})") from e
 
         with response:
-            status = getattr(response, "status", 200)
-            if offset and status == 206:
-                start, _ = _content_range(response.headers.get("Content-Range"))
-                if start != offset:  # not the bytes we asked for: start over
-                    part.unlink()
-                    continue
-                mode = "ab"
-            else:
-                mode, offset = "wb", 0  # the server ignored the Range request
-            ctype = (response.headers.get("Content-Type") or "").lower()
-            if ctype.startswith("text/html") and not dest.name.lower().endswith((".html", ".htm")):
-                raise DownloadError(
-                    f"{url}: the server answered with an HTML page instead of {dest.name} "
-                    f"(a login or confirmation page?); download the file by hand and pass it instead"
-                )
-            length = response.headers.get("Content-Length")
-            total = offset + int(length) if length and length.isdigit() else None
-            try:
-                with (
-                    open(part, mode) as f,
-                    progress_bar(
-                        total=total,
-                        initial=offset,
-                        unit="B",
-                        unit_scale=True,
-                        unit_divisor=1024,
-                        desc=dest.name,
-                        disable=not progress,
-                    ) as bar,
-                ):
-                    while chunk := response.read(chunk_size):
-                        f.write(chunk)
-                        bar.update(len(chunk))
-                    f.flush()
-                    os.fsync(f.fileno())
-                complete = total is None or part.stat().st_size == total
-                reason = "" if complete else f"got {part.stat().st_size} of {total} bytes"
-            except (http.client.IncompleteRead, OSError) as e:
-                complete, reason = False, str(e) or type(e).__name__
+            written = _receive(response, url, dest, part, offset, chunk_size, progress)
+        if written is None:  # not the bytes we asked for: start over
+            continue
+        complete, reason = written
         if complete:
             return _finish(part, dest, sha256, progress)
         attempt += 1
@@ -325,3 +290,61 @@ def download(
                 f"{url}: download of {dest.name} was interrupted ({reason}); the partial file {part} "
                 f"is kept, run again to resume"
             )
+
+
+def _receive(
+    response: http.client.HTTPResponse,
+    url: str,
+    dest: Path,
+    part: Path,
+    offset: int,
+    chunk_size: int,
+    progress: bool,
+) -> tuple[bool, str] | None:
+    """Write the body of one HTTP ``response`` into ``part`` (appended to its first ``offset`` bytes when
+    the server continues them); ``(complete, why not)``, or None when the answer does not continue the
+    ``.part`` (then removed) and the download starts over.
+
+    Raises:
+        DownloadError: the server answered with an HTML page instead of the file.
+    """
+    status = getattr(response, "status", 200)
+    if offset and status == 206:
+        start, _ = _content_range(response.headers.get("Content-Range"))
+        if start != offset:  # not the bytes we asked for: start over
+            part.unlink()
+            return None
+        mode = "ab"
+    else:
+        mode, offset = "wb", 0  # the server ignored the Range request
+    ctype = (response.headers.get("Content-Type") or "").lower()
+    if ctype.startswith("text/html") and not dest.name.lower().endswith((".html", ".htm")):
+        raise DownloadError(
+            f"{url}: the server answered with an HTML page instead of {dest.name} "
+            f"(a login or confirmation page?); download the file by hand and pass it instead"
+        )
+    length = response.headers.get("Content-Length")
+    total = offset + int(length) if length and length.isdigit() else None
+    try:
+        with (
+            open(part, mode) as f,
+            progress_bar(
+                total=total,
+                initial=offset,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc=dest.name,
+                disable=not progress,
+            ) as bar,
+        ):
+            while chunk := response.read(chunk_size):
+                f.write(chunk)
+                bar.update(len(chunk))
+            f.flush()
+            os.fsync(f.fileno())
+        complete = total is None or part.stat().st_size == total
+        reason = "" if complete else f"got {part.stat().st_size} of {total} bytes"
+    except (http.client.IncompleteRead, OSError) as e:
+        complete, reason = False, str(e) or type(e).__name__
+    return complete, reason

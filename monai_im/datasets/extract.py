@@ -23,9 +23,10 @@ import shutil
 import stat
 import tarfile
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from tqdm import tqdm
 
@@ -290,6 +291,17 @@ def _copy_member(src: IO[bytes], target: Path, declared: int, archive: Path, nam
             bar.update(len(chunk))
 
 
+def _members(
+    stack: contextlib.ExitStack, archive: Path, kind: str
+) -> list[tuple[str, bool, int, Callable[[], Any]]]:
+    """``(name, is a folder, size, open it)`` of every member of the zip or tar ``archive``, opened on ``stack``."""
+    if kind == "zip":
+        zf = stack.enter_context(zipfile.ZipFile(archive))
+        return [(i.filename, i.is_dir(), i.file_size, functools.partial(zf.open, i)) for i in zf.infolist()]
+    tf = stack.enter_context(tarfile.open(archive, "r:*"))
+    return [(m.name, m.isdir(), m.size, functools.partial(tf.extractfile, m)) for m in tf]
+
+
 def safe_extract(
     archive: str | os.PathLike,
     dest: str | os.PathLike,
@@ -337,16 +349,7 @@ def safe_extract(
     )
     try:
         with contextlib.ExitStack() as stack:
-            if contents.kind == "zip":
-                zf = stack.enter_context(zipfile.ZipFile(archive))
-                members = [
-                    (i.filename, i.is_dir(), i.file_size, functools.partial(zf.open, i))
-                    for i in zf.infolist()
-                ]
-            else:
-                tf = stack.enter_context(tarfile.open(archive, "r:*"))
-                members = [(m.name, m.isdir(), m.size, functools.partial(tf.extractfile, m)) for m in tf]
-            for name, is_dir, size, open_member in members:
+            for name, is_dir, size, open_member in _members(stack, archive, contents.kind):
                 target = dest / name.replace("\\", "/")
                 if not _inside(root, target):
                     raise UnsafeArchiveError(f"{archive}: member {name!r} resolves outside {dest}")

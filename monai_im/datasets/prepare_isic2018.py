@@ -168,6 +168,9 @@ def prepare_isic2018(
 
     Returns:
         a summary ``{"out_dir", "counts", "archives"}``.
+
+    The parameters are the command line's options one by one (:func:`build_parser`), called by keyword
+    from the script and the tests; they stay flat, as for the other preparations, rather than be grouped.
     """
     out_dir = Path(out_dir)
     if size < 1:
@@ -193,23 +196,7 @@ def prepare_isic2018(
         roots = extract_sources(
             {name: path for name, (path, _) in sources.items()}, scratch, progress=progress, limits=limits
         )
-        entries: dict[str, list[dict[str, str]]] = {}
-        tasks = []
-        for split, (image_archive, mask_archive) in ARCHIVES.items():
-            pairs = _pairs(roots[image_archive], roots[mask_archive], image_archive, mask_archive)
-            check_pair_sizes([(image, mask) for _, image, mask in pairs], progress)
-            if len(pairs) != EXPECTED_COUNTS[split]:
-                print(
-                    f"note: {split}: {len(pairs)} image/mask pairs, the official release has "
-                    f"{EXPECTED_COUNTS[split]}",
-                    file=sys.stderr,
-                )
-            rows = []
-            for key, image, mask in pairs:
-                rel_image, rel_label = f"images/{split}/{key}.png", f"labels/{split}/{key}.png"
-                tasks.append((image, mask, staging / rel_image, staging / rel_label, size))
-                rows.append({"image": rel_image, "label": rel_label})
-            entries[split] = rows
+        entries, tasks = _resize_tasks(roots, staging, size, progress)
         parallel_map(_process_pair, tasks, workers=workers, desc="resize ISIC 2018", progress=progress)
 
         labeled, unlabeled = split_labeled(entries["train"], labeled_fraction=labeled_fraction, seed=seed)
@@ -220,27 +207,62 @@ def prepare_isic2018(
             "test": entries["test"],
         }
         counts = {key: len(rows) for key, rows in datalist.items()}
-        info = {
-            "name": "ISIC 2018 Task 1: lesion boundary segmentation",
-            "task": "binary",
-            "source": DATA_PAGE,
-            "archives": {
-                spec.name: {"url": spec.url, "sha256": sources[spec.name][1]}
-                for spec in _archive_specs(base_url)
-            },
-            "licence": LICENCE,
-            "citation": CITATION,
-            "size": [size, size],
-            "image": "RGB PNG, resized with a bilinear filter",
-            "label": "grayscale PNG, 0 = background, 255 = lesion (mask > 127, resized nearest)",
-            "counts": counts,
-            "labeled_fraction": labeled_fraction,
-            "seed": seed,
-            "split": "seeded labeled/unlabeled split of the official training set; official validation and test sets",
-            "created_with": f"monai_im {__version__} (monai_im.datasets.prepare_isic2018)",
-        }
+        info = _dataset_info(sources, base_url, size, counts, labeled_fraction, seed)
         write_dataset(staging, datalist, info)
     return {"out_dir": str(out_dir), "counts": counts, "archives": info["archives"]}
+
+
+def _resize_tasks(
+    roots: Mapping[str, Path], staging: Path, size: int, progress: bool
+) -> tuple[dict[str, list[dict[str, str]]], list[tuple[Path, Path, Path, Path, int]]]:
+    """The datalist rows of every split and the resize task of each image/mask pair (sizes checked first)."""
+    entries: dict[str, list[dict[str, str]]] = {}
+    tasks = []
+    for split, (image_archive, mask_archive) in ARCHIVES.items():
+        pairs = _pairs(roots[image_archive], roots[mask_archive], image_archive, mask_archive)
+        check_pair_sizes([(image, mask) for _, image, mask in pairs], progress)
+        if len(pairs) != EXPECTED_COUNTS[split]:
+            print(
+                f"note: {split}: {len(pairs)} image/mask pairs, the official release has "
+                f"{EXPECTED_COUNTS[split]}",
+                file=sys.stderr,
+            )
+        rows = []
+        for key, image, mask in pairs:
+            rel_image, rel_label = f"images/{split}/{key}.png", f"labels/{split}/{key}.png"
+            tasks.append((image, mask, staging / rel_image, staging / rel_label, size))
+            rows.append({"image": rel_image, "label": rel_label})
+        entries[split] = rows
+    return entries, tasks
+
+
+def _dataset_info(
+    sources: Mapping[str, tuple[Path, str | None]],
+    base_url: str,
+    size: int,
+    counts: Mapping[str, int],
+    labeled_fraction: float,
+    seed: int,
+) -> dict[str, Any]:
+    """``dataset.json``: the source, its archives and their SHA-256, licence, and the preparation's settings."""
+    return {
+        "name": "ISIC 2018 Task 1: lesion boundary segmentation",
+        "task": "binary",
+        "source": DATA_PAGE,
+        "archives": {
+            spec.name: {"url": spec.url, "sha256": sources[spec.name][1]} for spec in _archive_specs(base_url)
+        },
+        "licence": LICENCE,
+        "citation": CITATION,
+        "size": [size, size],
+        "image": "RGB PNG, resized with a bilinear filter",
+        "label": "grayscale PNG, 0 = background, 255 = lesion (mask > 127, resized nearest)",
+        "counts": counts,
+        "labeled_fraction": labeled_fraction,
+        "seed": seed,
+        "split": "seeded labeled/unlabeled split of the official training set; official validation and test sets",
+        "created_with": f"monai_im {__version__} (monai_im.datasets.prepare_isic2018)",
+    }
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -31,6 +30,12 @@ from typing import Any
 import numpy as np
 
 from monai_im.data.datalist import split_labeled, write_datalist
+from monai_im.datasets.demo_tools import (
+    dataset_arguments,
+    dataset_options,
+    ensure_dataset,
+    run_dataset_command,
+)
 from monai_im.datasets.drawing import image_rng
 from monai_im.datasets.hela_like import hela_like_sample
 from monai_im.datasets.isic_like import isic_like_sample
@@ -127,6 +132,9 @@ def make_demo_dataset(
 ) -> Path:
     """Write a synthetic dataset of the given kind (``"isic"`` or ``"hela"``) to ``out_dir``.
 
+    The parameters are the demo command's options one by one, set by keyword from the bundles' demo
+    configs and the command line; they stay flat rather than be grouped.
+
     Args:
         kind: a key of :data:`DEMO_KINDS`.
         out_dir: the dataset folder to create.
@@ -155,7 +163,7 @@ def make_demo_dataset(
     sample = spec.sampler(variety)
     out_dir = Path(out_dir)
     counts = {"train": num_train, "validation": num_val, "test": num_test}
-    entries: dict[str, list[dict[str, str]]] = {split: [] for split in counts}
+    entries: dict[str, list[dict[str, str]]] = {}
     with atomic_directory(out_dir, overwrite=overwrite) as tmp:
         (tmp / "images").mkdir()
         (tmp / "labels").mkdir()
@@ -163,13 +171,9 @@ def make_demo_dataset(
             total=sum(counts.values()), desc=f"{spec.name} data", unit="img", disable=not progress
         ) as bar:
             for split, prefix in _SPLITS:
-                for index in range(counts[split]):
-                    image, label = sample(size, image_rng(seed, split, index))
-                    name = f"{prefix}_{index:04d}.png"
-                    save_png(tmp / "images" / name, image, channel_first=False, reverse_indexing=False)
-                    save_png(tmp / "labels" / name, label, channel_first=False, reverse_indexing=False)
-                    entries[split].append({"image": f"images/{name}", "label": f"labels/{name}"})
-                    bar.update()
+                entries[split] = _write_split(
+                    tmp, sample, split, prefix, counts[split], size, seed, bar.update
+                )
         labeled, unlabeled = split_labeled(entries["train"], labeled_fraction=labeled_fraction, seed=seed)
         datalist = {
             "labeled": labeled,
@@ -194,6 +198,29 @@ def make_demo_dataset(
         size,
     )
     return out_dir
+
+
+def _write_split(
+    tmp: Path,
+    sample: Callable[[int, np.random.Generator], tuple[np.ndarray, np.ndarray]],
+    split: str,
+    prefix: str,
+    count: int,
+    size: int,
+    seed: int,
+    done: Callable[[], Any],
+) -> list[dict[str, str]]:
+    """Draw and write the ``count`` image/label pairs of one split (each from its own seeded generator);
+    their datalist rows. ``done`` is called after each pair."""
+    rows = []
+    for index in range(count):
+        image, label = sample(size, image_rng(seed, split, index))
+        name = f"{prefix}_{index:04d}.png"
+        save_png(tmp / "images" / name, image, channel_first=False, reverse_indexing=False)
+        save_png(tmp / "labels" / name, label, channel_first=False, reverse_indexing=False)
+        rows.append({"image": f"images/{name}", "label": f"labels/{name}"})
+        done()
+    return rows
 
 
 def _description(
@@ -253,33 +280,6 @@ def make_hela_like_dataset(
     )
 
 
-def ensure_dataset(root: str | os.PathLike, make: Callable[..., Any], **kwargs: Any) -> str:
-    """Return ``root``, calling ``make(root, **kwargs)`` first if ``root`` holds no ``datalist.json``.
-
-    The one rule of the demo datasets' ``ensure_*`` functions: an existing dataset is reused as it is
-    (``kwargs`` are not compared with it); a folder that exists, is not empty and holds no datalist is
-    refused; an empty one may be replaced; when another process made the dataset at the same time, its
-    dataset is used.
-    """
-    path = Path(root)
-    if (path / "datalist.json").is_file():
-        logger.info("reusing the dataset in %s", path)
-        return str(root)
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        raise FileExistsError(
-            f"{path} exists but holds no datalist.json; refusing to write a demo dataset over it "
-            "(point dataset_dir at an empty or new folder)"
-        )
-    kwargs.setdefault("overwrite", path.exists())  # an empty folder may be replaced
-    try:
-        make(path, **kwargs)
-    except OSError:
-        if (path / "datalist.json").is_file():  # another process made it at the same time
-            return str(root)
-        raise
-    return str(root)
-
-
 def dataset_variety(root: str | os.PathLike) -> str | None:
     """The variety of the demo dataset in ``root`` (``"classic"`` when its dataset.json names none);
     ``None`` when ``root`` holds no dataset.json."""
@@ -310,67 +310,6 @@ def ensure_demo_dataset(kind: str, root: str | os.PathLike, **kwargs: Any) -> st
                 "point dataset_dir at another folder"
             )
     return ensure_dataset(root, lambda path, **kw: make_demo_dataset(kind, path, **kw), **kwargs)
-
-
-def dataset_arguments(
-    parser: argparse.ArgumentParser,
-    unit: str,
-    num_train: int,
-    num_val: int,
-    num_test: int,
-    labeled_fraction: float,
-) -> argparse.ArgumentParser:
-    """The options every demo dataset command shares: output folder, split sizes, labeled fraction, seed,
-    ``--overwrite`` and ``--quiet`` (``unit``: "images" or "volumes", for the help texts)."""
-    parser.add_argument("out_dir", type=Path, help="dataset folder to create")
-    parser.add_argument(
-        "--num-train", type=int, default=num_train, help=f"training {unit} (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--num-val", type=int, default=num_val, help=f"validation {unit} (default: %(default)s)"
-    )
-    parser.add_argument("--num-test", type=int, default=num_test, help=f"test {unit} (default: %(default)s)")
-    parser.add_argument(
-        "--labeled-fraction",
-        type=float,
-        default=labeled_fraction,
-        help=f"share of labeled training {unit} (default: %(default)s)",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset folder")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    return parser
-
-
-def dataset_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The keyword arguments of a ``make_*_dataset`` function from the options of :func:`dataset_arguments`."""
-    return {
-        "num_train": args.num_train,
-        "num_val": args.num_val,
-        "num_test": args.num_test,
-        "labeled_fraction": args.labeled_fraction,
-        "seed": args.seed,
-        "overwrite": args.overwrite,
-        "progress": not args.quiet,
-    }
-
-
-def run_dataset_command(make: Callable[[], Path], what: str) -> int:
-    """Run a demo dataset command's ``make()``: a one-line error (exit status 2) for a bad option or an
-    existing folder, else one line saying what was written where (``what``: e.g. "isic_like images")."""
-    try:
-        out = make()
-    except (OSError, ValueError) as e:
-        hint = " (pass --overwrite to replace it)" if isinstance(e, FileExistsError) else ""
-        print(f"error: {e}{hint}", file=sys.stderr)
-        return 2
-    counts = load_json(out / "dataset.json")["counts"]
-    print(
-        f"wrote {sum(counts.values())} {what} ("
-        + ", ".join(f"{n} {key}" for key, n in counts.items())
-        + f") to {out}; datalist: {out / 'datalist.json'}"
-    )
-    return 0
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -38,28 +38,29 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlparse
+from typing import TYPE_CHECKING, Any
 
 from ignite.engine import Events
 
+from monai_im.handlers.mlflow_calls import MLflowRunCalls
 from monai_im.handlers.mlflow_store import (
     EXPERIMENT_KIND_TAG,
     HTTP_LIMITS,
     MODEL_TRAINING_KIND,
     CallQueue,
-    NoRunError,
     check_tracking_uri,
     datalist_dataset,
-    ensure_experiment,
     find_bundle_config,
     first_line,
-    log_values,
-    run_is_active,
 )
-from monai_im.io import atomic_write_json, load_json
+from monai_im.io import load_json
+
+if TYPE_CHECKING:  # the study's type only: importing the loop is not needed to read one
+    from monai_im.methods.context import StudentResult
+    from monai_im.selftrain.pseudo_result import PseudoLabelResult
+    from monai_im.selftrain.study import SelfTrainingStudy
 
 __all__ = [
     "EXPERIMENT_KIND_TAG",
@@ -91,7 +92,7 @@ def _never_raises(hook: Callable) -> Callable:
     return guarded
 
 
-class MLflowStudyHandler:
+class MLflowStudyHandler(MLflowRunCalls):
     """Log a :class:`~monai_im.selftrain.SelfTrainingStudy` to MLflow, without ever stopping it.
 
     Args:
@@ -140,7 +141,7 @@ class MLflowStudyHandler:
     def default_uri(output_dir: Path) -> str:
         return f"sqlite:///{(Path(output_dir).resolve() / 'mlflow.db').as_posix()}"
 
-    def attach(self, study: Any) -> None:
+    def attach(self, study: SelfTrainingStudy) -> None:
         """Check the tracking store (one line and exit if it cannot be used), then register with the study's
         events (:class:`monai_im.selftrain.events.StudyEvents`)."""
         from monai_im.selftrain.events import StudyEvents
@@ -186,106 +187,12 @@ class MLflowStudyHandler:
         with self._lock:  # epoch handlers of students trained concurrently call from several threads
             return self.queue.submit(*calls, force=force)
 
-    def _send(self, call: tuple) -> None:
-        getattr(self, f"_call_{call[0]}")(*call[1:])
-
-    def _save(self) -> None:
-        atomic_write_json(self.state_file, self.state)
-
-    def _client(self) -> Any:
-        if self.client is None:
-            from mlflow import MlflowClient
-
-            self.client = MlflowClient(tracking_uri=self.tracking_uri)
-        return self.client
-
-    def run_id(self, key: str) -> str | None:
-        """The MLflow run id of ``"study"``, ``"generation <g>"`` or ``"student <g>.<i>"``, once created."""
-        return self.state.get("runs", {}).get(key)
-
-    def _id(self, key: str) -> str:
-        run_id = self.run_id(key)
-        if run_id is None:
-            raise NoRunError(key)
-        return run_id
-
-    def _alive(self, run_id: str | None) -> bool:
-        return bool(run_id) and run_is_active(self._client(), run_id)
-
-    # ------------------------------------------------------------------ calls (run in queue order)
-    def _call_setup(self) -> None:
-        """Find or create the experiment (model-training kind); continue the parent run if it is alive."""
-        client = self._client()
-        local = urlparse(self.tracking_uri).scheme in ("sqlite", "file", "")
-        location = (self.output_dir.resolve() / "mlartifacts").as_uri() if local else None
-        exp_id = ensure_experiment(client, self.experiment_name, artifact_location=location)
-        parent = self.run_id("study") if self.state.get("experiment_id") == exp_id else None
-        if self._alive(parent):
-            client.update_run(parent, status="RUNNING")
-            for stale in self.state.get("open_students", []):
-                if self._alive(stale):
-                    client.set_terminated(stale, "KILLED")
-            logger.info(f"MLflow: continuing run {parent} in {self.tracking_uri}")
-        else:
-            self.state.update(runs={}, finished=[], pseudo_logged=[])
-        self.state.update(tracking_uri=self.tracking_uri, experiment_id=exp_id, open_students=[])
-        self._save()
-
-    def _call_create(
-        self, key: str, parent: str | None, name: str, params: Mapping[str, Any], reuse: bool, then: Sequence
-    ) -> None:
-        """Create the run ``key`` (unless ``reuse`` and it is alive), then log its params and ``then``."""
-        if reuse and self._alive(self.run_id(key)):
-            if key.startswith("student"):  # a student resumed from its epoch checkpoint goes on in its run
-                self._client().update_run(self._id(key), status="RUNNING")
-                self.state["open_students"].append(self._id(key))
-                self._save()
-            return
-        tags = {**self.tags, **({"mlflow.parentRunId": self._id(parent)} if parent else {})}
-        run = self._client().create_run(self.state["experiment_id"], run_name=name, tags=tags)
-        self.state["runs"][key] = run.info.run_id
-        if key.startswith("student"):
-            self.state["open_students"].append(run.info.run_id)
-        self._save()
-        self.queue.put_next([("log", key, None, params, 0, 0), *then])
-
-    def _call_log(
-        self,
-        key: str,
-        metrics: Mapping[str, float] | None,
-        params: Mapping[str, Any] | None,
-        step: int,
-        ms: int,
-    ) -> None:
-        log_values(self._client(), self._id(key), metrics, params, step, ms)
-
-    def _call_artifact(self, key: str, path: str, artifact_path: str | None) -> None:
-        if Path(path).is_file():
-            self._client().log_artifact(self._id(key), str(path), artifact_path)
-
-    def _call_dict(self, key: str, data: Any, artifact_file: str) -> None:
-        self._client().log_dict(self._id(key), data, artifact_file)
-
-    def _call_input(self, key: str, dataset_input: Any) -> None:
-        self._client().log_inputs(self._id(key), datasets=[dataset_input])
-
-    def _call_end(self, key: str, status: str) -> None:
-        run_id = self._id(key)
-        self._client().set_terminated(run_id, status)
-        if run_id in self.state["open_students"]:
-            self.state["open_students"].remove(run_id)
-            self._save()
-
-    def _call_mark(self, name: str, value: int) -> None:
-        self.state[name].append(value)
-        self._save()
-
     def _log(self, key: str, metrics: Mapping[str, float] | None = None, step: int = 0) -> tuple:
         return ("log", key, dict(metrics or {}), None, step, int(time.time() * 1000))
 
     # ------------------------------------------------------------------ study hooks
     @_never_raises
-    def study_started(self, study: Any) -> None:
+    def study_started(self, study: SelfTrainingStudy) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         old = load_json(self.state_file) if self.state_file.is_file() else {}
         if getattr(study, "started_over", False):  # --overwrite: a new study gets new runs
@@ -318,7 +225,7 @@ class MLflowStudyHandler:
         self.submit(("setup",), ("create", "study", None, name, desc, True, then))
 
     @_never_raises
-    def generation_started(self, study: Any, generation: int) -> None:
+    def generation_started(self, study: SelfTrainingStudy, generation: int) -> None:
         key = f"generation {generation}"
         if key not in self._requested:
             self._requested.add(key)
@@ -326,7 +233,7 @@ class MLflowStudyHandler:
             self.submit(("create", key, "study", key, params, True, ()))
 
     @_never_raises
-    def student_started(self, study: Any, generation: int, index: int, trainer: Any) -> None:
+    def student_started(self, study: SelfTrainingStudy, generation: int, index: int, trainer: Any) -> None:
         self.generation_started(study, generation)
         key = f"student {generation}.{index}"
         params = {"generation": generation, "student": index, "method": study.method.name}
@@ -342,7 +249,7 @@ class MLflowStudyHandler:
         trainer.add_event_handler(Events.EPOCH_COMPLETED, _log_epoch)
 
     @_never_raises
-    def student_finished(self, study: Any, result: Any, resumed: bool) -> None:
+    def student_finished(self, study: SelfTrainingStudy, result: StudentResult, resumed: bool) -> None:
         key = f"student {result.generation}.{result.index}"
         if key not in self._requested:  # finished in an earlier process
             return
@@ -357,7 +264,12 @@ class MLflowStudyHandler:
 
     @_never_raises
     def pseudo_labels_ready(
-        self, study: Any, generation: int, result: Any, figure: Path | None, resumed: bool
+        self,
+        study: SelfTrainingStudy,
+        generation: int,
+        result: PseudoLabelResult,
+        figure: Path | None,
+        resumed: bool,
     ) -> None:
         if generation in self.state["pseudo_logged"]:
             return
@@ -373,7 +285,9 @@ class MLflowStudyHandler:
         self.submit(*calls, ("mark", "pseudo_logged", generation))
 
     @_never_raises
-    def generation_finished(self, study: Any, summary: Mapping[str, Any], resumed: bool) -> None:
+    def generation_finished(
+        self, study: SelfTrainingStudy, summary: Mapping[str, Any], resumed: bool
+    ) -> None:
         g = int(summary["generation"])
         if g in self.state["finished"]:
             return
@@ -392,7 +306,7 @@ class MLflowStudyHandler:
         self.submit(*calls, ("end", key, "FINISHED"), ("mark", "finished", g))
 
     @_never_raises
-    def study_finished(self, study: Any, summaries: list[Mapping[str, Any]]) -> None:
+    def study_finished(self, study: SelfTrainingStudy, summaries: list[Mapping[str, Any]]) -> None:
         calls = [("artifact", "study", str(study.output_dir / "results.json"), None)]
         test_key = f"test_{study.key_metric_name}"
         values = [s.get("test", {}).get(test_key) for s in summaries]

@@ -50,6 +50,9 @@ class EvalNet(nn.Module):
             ``glorot_uniform``), as the paper's code does.
 
     ``forward(image, mask)`` returns ``(B, out_channels)``.
+
+    The constructor's keywords are a MONAI network's (``spatial_dims``, ``act``, ``norm``, ...), set by name
+    from the bundles' configs; they stay flat, as in :mod:`monai.networks.nets`.
     """
 
     def __init__(

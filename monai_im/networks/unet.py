@@ -195,6 +195,9 @@ class IMUNet(nn.Module):
 
         net = IMUNet(spatial_dims=2, in_channels=3, out_channels=1, alpha=0.5)
         logits = net(torch.rand(2, 3, 256, 256))  # (2, 1, 256, 256)
+
+    The constructor's keywords are a MONAI network's (``spatial_dims``, ``act``, ``norm``, ...), set by name
+    from the bundles' configs; they stay flat, as in :mod:`monai.networks.nets`.
     """
 
     def __init__(

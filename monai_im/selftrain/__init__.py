@@ -9,7 +9,12 @@ from __future__ import annotations
 from monai_im.methods.context import StudentResult
 from monai_im.selftrain.events import StudyEventRegistry, StudyEvents, replay_student
 from monai_im.selftrain.layout import StudyLayout, StudyMismatchError, dataset_fingerprint, study_identity
-from monai_im.selftrain.pseudo_label import FigureSample, PseudoLabeler, PseudoLabelResult
+from monai_im.selftrain.pseudo_label import (
+    FigureSample,
+    PseudoLabeler,
+    PseudoLabelResult,
+    PseudoLabelSettings,
+)
 from monai_im.selftrain.student import (
     build_metrics,
     build_network,
@@ -32,6 +37,7 @@ __all__ = [
     "FigureSample",
     "PseudoLabeler",
     "PseudoLabelResult",
+    "PseudoLabelSettings",
     "StudentResult",
     "build_metrics",
     "build_network",

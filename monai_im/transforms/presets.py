@@ -10,7 +10,7 @@ explicit foreground rule), the same rules the dataset preflight checks.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from monai.transforms import (
@@ -20,7 +20,6 @@ from monai.transforms import (
     LoadImaged,
     Orientationd,
     RandAdjustContrastd,
-    RandCropByLabelClassesd,
     RandFlipd,
     RandGaussianNoised,
     RandGaussianSmoothd,
@@ -33,11 +32,11 @@ from monai.transforms import (
     SelectItemsd,
     Spacingd,
 )
-from monai.transforms.transform import MapTransform, Randomizable
 
 from monai_im.constants import IGNORE_INDEX
 from monai_im.transforms.dictionary import ApplyInconsistencyMaskd, EnsureNumChannelsd
 from monai_im.transforms.encoding import Image2DReader, IntensityRange, ReadLabeld, ScaleImageIntensityd
+from monai_im.transforms.patches import ClassBalancedPatchesd
 
 __all__ = [
     "image_segmentation_transforms",
@@ -46,6 +45,7 @@ __all__ = [
     "volume_segmentation_transforms",
     "volume_patch_transforms",
     "volume_augmentation",
+    "ClassBalancedPatchesd",
 ]
 
 
@@ -199,6 +199,40 @@ def paper_augmentation(spatial_axes: tuple[int, int] = (0, 1), noise_std: float 
     )
 
 
+def _volume_grid(keys: Sequence[str], orientation: str | None, pixdim: Sequence[float] | None) -> list:
+    """``Orientationd`` and ``Spacingd`` of a volume chain (linear for the image, nearest for label and IM)."""
+    steps: list = []
+    if orientation:
+        steps.append(
+            Orientationd(
+                keys=keys,
+                axcodes=orientation,
+                labels=(("L", "R"), ("P", "A"), ("I", "S")),
+                allow_missing_keys=True,
+            )
+        )
+    if pixdim is not None:
+        steps.append(
+            Spacingd(
+                keys=keys,
+                pixdim=tuple(float(v) for v in pixdim),
+                mode=("bilinear", "nearest", "nearest"),
+                allow_missing_keys=True,
+            )
+        )
+    return steps
+
+
+def _volume_intensity(intensity_window: Sequence[float] | None) -> Any:
+    """The window ``[low, high]`` to [0, 1], clipped; None: each volume's own min..max."""
+    if intensity_window is None:
+        return ScaleImageIntensityd(keys="image", intensity_range="minmax")
+    low, high = (float(v) for v in intensity_window)
+    if not high > low:
+        raise ValueError(f"intensity_window must be [low, high] with high > low, got {intensity_window}")
+    return ScaleIntensityRanged(keys="image", a_min=low, a_max=high, b_min=0.0, b_max=1.0, clip=True)
+
+
 def volume_segmentation_transforms(
     pixdim: Sequence[float] | None = (2.5, 2.5, 4.0),
     orientation: str | None = "RAS",
@@ -240,6 +274,9 @@ def volume_segmentation_transforms(
         reader: a MONAI image reader tried before the default ones (e.g. ``VolumeReader()``).
         keep_keys: item keys kept besides ``image`` and ``label`` (e.g. ``output``, the mask path of
             inference); the others are dropped so that labeled and pseudo-labeled items collate together.
+
+    A MONAI-style transform factory: every option is a keyword the bundles' configs set by name, so the
+    parameters stay flat.
     """
     keys = ["image", "label", "im"]
     chain: list = [
@@ -247,33 +284,8 @@ def volume_segmentation_transforms(
             keys=keys, image_only=True, ensure_channel_first=True, reader=reader, allow_missing_keys=True
         ),
     ]
-    if orientation:
-        chain.append(
-            Orientationd(
-                keys=keys,
-                axcodes=orientation,
-                labels=(("L", "R"), ("P", "A"), ("I", "S")),
-                allow_missing_keys=True,
-            )
-        )
-    if pixdim is not None:
-        chain.append(
-            Spacingd(
-                keys=keys,
-                pixdim=tuple(float(v) for v in pixdim),
-                mode=("bilinear", "nearest", "nearest"),
-                allow_missing_keys=True,
-            )
-        )
-    if intensity_window is not None:
-        low, high = (float(v) for v in intensity_window)
-        if not high > low:
-            raise ValueError(f"intensity_window must be [low, high] with high > low, got {intensity_window}")
-        chain.append(
-            ScaleIntensityRanged(keys="image", a_min=low, a_max=high, b_min=0.0, b_max=1.0, clip=True)
-        )
-    else:
-        chain.append(ScaleImageIntensityd(keys="image", intensity_range="minmax"))
+    chain += _volume_grid(keys, orientation, pixdim)
+    chain.append(_volume_intensity(intensity_window))
     chain += [
         ReadLabeld(
             keys="label",
@@ -286,62 +298,6 @@ def volume_segmentation_transforms(
         *_cut_im(label_policy, fill_value, ignore_index, im_class, keep_meta, keep_keys),
     ]
     return Compose(chain)
-
-
-class ClassBalancedPatchesd(Randomizable, MapTransform):
-    """``RandCropByLabelClassesd`` patches, or uniformly placed ones where the label holds no class.
-
-    A pseudo-labeled volume whose voxels are all inside the IM (ignored by the loss) has no class to
-    centre a patch on, and MONAI's class-balanced crop cannot draw from it; such an item gets
-    ``RandSpatialCropSamplesd`` patches instead (it then only adds its ignored voxels: no gradient).
-
-    Args:
-        keys: the keys cropped together (image and label).
-        label_key: the class map (``(1, *spatial)``, class indices; other values are ignored voxels).
-        spatial_size: the patch size.
-        num_classes: classes of the label map, background included.
-        num_samples: patches per item.
-        ratios: sampling weight per class (None = equal).
-    """
-
-    def __init__(
-        self,
-        keys: Sequence[str],
-        label_key: str,
-        spatial_size: Sequence[int],
-        num_classes: int,
-        num_samples: int,
-        ratios: Sequence[float] | None = None,
-    ) -> None:
-        MapTransform.__init__(self, keys)
-        self.label_key, self.num_classes = label_key, int(num_classes)
-        self.by_class = RandCropByLabelClassesd(
-            keys=list(keys),
-            label_key=label_key,
-            spatial_size=tuple(spatial_size),
-            num_classes=self.num_classes,
-            ratios=list(ratios) if ratios is not None else None,
-            num_samples=int(num_samples),
-            warn=False,
-        )
-        self.uniform = RandSpatialCropSamplesd(
-            keys=list(keys), roi_size=tuple(spatial_size), num_samples=int(num_samples), random_size=False
-        )
-
-    def set_random_state(self, seed: int | None = None, state: Any = None) -> ClassBalancedPatchesd:  # noqa: D102
-        super().set_random_state(seed, state)
-        self.by_class.set_random_state(seed, state)
-        self.uniform.set_random_state(seed, state)
-        return self
-
-    def randomize(self, data: Any = None) -> None:  # noqa: D102
-        pass
-
-    def __call__(self, data: Mapping[str, Any]) -> list[dict[str, Any]]:
-        """``num_samples`` patches of the item (a list of dicts)."""
-        label = data[self.label_key]
-        has_class = bool(((label >= 0) & (label < self.num_classes)).any())
-        return self.by_class(data) if has_class else self.uniform(data)
 
 
 def volume_patch_transforms(
