@@ -241,3 +241,21 @@ def test_every_option_has_a_meaning_in_the_class_docstrings(name):
     assert list(meaning) == list(option_defaults(METHODS[name]))
     for option, text in meaning.items():
         assert text and not text.startswith("see ") and "`" not in text, (name, option, text)
+
+
+def _documented_options(rows: dict[str, str], name: str) -> set[str]:
+    """The options ``docs/methods.md`` gives ``name``: its cell's names, with "as/and `other`" expanded."""
+    cell = rows[name]
+    names = set(re.findall(r"`(\w+)`", cell)) - set(METHODS)
+    for other in re.findall(r"(?:as|and) `(\w+)`", cell):
+        names |= _documented_options(rows, other)
+    return names
+
+
+def test_the_methods_page_lists_exactly_the_options_of_every_method():
+    table = (REPO / "docs" / "methods.md").read_text()
+    rows = {m[0]: m[1] for m in re.findall(r"^\| `(\w+)` \|.*\| ([^|]*) \|$", table, flags=re.MULTILINE)}
+    assert set(rows) == set(METHODS)
+    for name, cls in METHODS.items():
+        assert _documented_options(rows, name) - set(COMMON_OPTIONS) == set(option_defaults(cls)), name
+    assert f"each of the {len(METHODS)} methods" in table
