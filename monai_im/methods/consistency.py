@@ -20,7 +20,7 @@ __all__ = ["ConsistencyLoss"]
 
 
 class ConsistencyLoss(Method):
-    """Consistency Loss (see the module docstring).
+    """Consistency Loss: the best model so far, fine-tuned with a consistency term on unlabeled images.
 
     Args:
         mode: "binary", "multiclass" or "multilabel" (sigmoid or softmax predictions are compared).

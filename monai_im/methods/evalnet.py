@@ -1,6 +1,6 @@
 """Methods with a learned quality estimate of each pseudo-label (the paper's EvalNet).
 
-- ``evalnet``: the teachers' consensus, kept only where the estimated IoU reaches ``min_score``.
+- ``evalnet``: the teachers' consensus, kept only where the estimated IoU reaches ``evalnet_min_score``.
 - ``im_plus_plus`` / ``aim_plus_plus``: IM+ / AIM+ with an EvalNet trained on IM-processed data that
   weights each pseudo-label by replication (1..5 copies by estimated IoU) instead of discarding it.
 
@@ -40,8 +40,8 @@ class QualityScored:
     Args:
         evalnet_alpha: width factor of the EvalNet (the paper: 1 for ISIC, 2 otherwise).
         evalnet_epochs: training epochs of the estimator per generation.
-        evalnet_batch_size: its batch size.
-        evalnet_learning_rate: its AdamW learning rate.
+        evalnet_batch_size: batch size of the estimator's training.
+        evalnet_learning_rate: AdamW learning rate of the estimator's training.
     """
 
     #: train the estimator on IM-processed pairs (image cut by the IM, IM pseudo-label, IoU outside the IM)
@@ -133,12 +133,12 @@ class QualityScored:
 
 
 class EvalNetFilter(QualityScored, ModelEnsemble):
-    """EvalNet: the teachers' consensus pseudo-labels, kept where the estimated IoU >= ``min_score``.
+    """EvalNet: the teachers' consensus pseudo-labels, kept where the estimated IoU >= ``evalnet_min_score``.
 
     Args:
         mode: "binary", "multiclass" or "multilabel".
         threshold: foreground threshold (binary, multilabel).
-        min_score: the estimated IoU a pseudo-label needs to be kept (the paper: 0.75 for ISIC).
+        evalnet_min_score: the estimated IoU a pseudo-label needs to be kept (the paper: 0.75 for ISIC).
         evalnet_alpha, evalnet_epochs, evalnet_batch_size, evalnet_learning_rate: see :class:`QualityScored`.
     """
 
@@ -148,16 +148,16 @@ class EvalNetFilter(QualityScored, ModelEnsemble):
         self,
         mode: str = "binary",
         threshold: float = 0.5,
-        min_score: float = 0.75,
+        evalnet_min_score: float = 0.75,
         evalnet_alpha: float = 1.0,
         evalnet_epochs: int = 30,
         evalnet_batch_size: int = 16,
         evalnet_learning_rate: float = 1e-3,
     ) -> None:
         ModelEnsemble.__init__(self, mode=mode, threshold=threshold)
-        if not 0.0 <= float(min_score) <= 1.0:
-            raise ValueError(f"min_score must be in [0, 1], got {min_score}")
-        self.min_score = float(min_score)
+        if not 0.0 <= float(evalnet_min_score) <= 1.0:
+            raise ValueError(f"evalnet_min_score must be in [0, 1], got {evalnet_min_score}")
+        self.min_score = float(evalnet_min_score)
         self._init_quality(evalnet_alpha, evalnet_epochs, evalnet_batch_size, evalnet_learning_rate)
 
     def __call__(self, probs: torch.Tensor, images: torch.Tensor | None = None) -> PseudoLabels:
@@ -173,7 +173,14 @@ class EvalNetFilter(QualityScored, ModelEnsemble):
 
 
 class _Replicated(QualityScored):
-    """IM++ mixin: IM pseudo-labels scored by the estimator and replicated 1..``max_copies`` times."""
+    """IM++ mixin: IM pseudo-labels scored by the estimator and replicated 1..(bins + 1) times.
+
+    Args:
+        replication_bins: increasing estimated-IoU bounds; a pseudo-label gets 1 + the number of bounds
+            below its score (default (0.6, 0.7, 0.8, 0.9): 1..5 copies).
+        evalnet_alpha, evalnet_epochs, evalnet_batch_size, evalnet_learning_rate: see :class:`QualityScored`.
+        kwargs: the options of the IM+ / AIM+ method this is mixed into.
+    """
 
     im_pairs = True
 
@@ -230,9 +237,8 @@ class IMPlusPlus(_Replicated, IMPlus):
     """IM++: IM+ whose pseudo-labels are replicated 1..5 times by an EvalNet's estimated IoU.
 
     Args:
-        replication_bins: increasing estimated-IoU bounds; a pseudo-label gets 1 + the number of bounds
-            below its score (default (0.6, 0.7, 0.8, 0.9): 1..5 copies).
-        evalnet_alpha, evalnet_epochs, evalnet_batch_size, evalnet_learning_rate: see :class:`QualityScored`.
+        replication_bins, evalnet_alpha, evalnet_epochs, evalnet_batch_size, evalnet_learning_rate: see
+            :class:`_Replicated`.
         kwargs: the options of :class:`~monai_im.methods.noisy.IMPlus`.
     """
 
@@ -244,7 +250,7 @@ class AIMPlusPlus(_Replicated, AIMPlus):
 
     Args:
         replication_bins, evalnet_alpha, evalnet_epochs, evalnet_batch_size, evalnet_learning_rate: see
-            :class:`IMPlusPlus`.
+            :class:`_Replicated`.
         kwargs: the options of :class:`~monai_im.methods.noisy.AIMPlus`.
     """
 

@@ -25,7 +25,7 @@ def _paper_augmentation(augmentation: Callable | None) -> Callable:
 
 def _check_copies(copies: int) -> int:
     if int(copies) < 0:
-        raise ValueError(f"copies must be >= 0, got {copies}")
+        raise ValueError(f"augmented_copies must be >= 0, got {copies}")
     return int(copies)
 
 
@@ -36,23 +36,25 @@ class LabeledOnly(Method):
 
 
 class AugmentedLabeled(Method):
-    """ALDT: the labeled images plus ``copies`` augmented views of each; no pseudo-labels.
+    """ALDT: the labeled images plus ``augmented_copies`` augmented views of each; no pseudo-labels.
 
-    Every labeled entry appears ``copies + 1`` times in an epoch and each appearance is a fresh
+    Every labeled entry appears ``augmented_copies + 1`` times in an epoch and each appearance is a fresh
     random view through ``augmentation`` (default :func:`monai_im.transforms.paper_augmentation`:
     flips, 90-degree rotations, brightness/contrast, blur, noise).
 
     Args:
         mode: "binary", "multiclass" or "multilabel".
-        copies: augmented views per labeled image besides the image itself (the paper: 9).
+        augmented_copies: augmented views per labeled image besides the image itself (the paper: 9).
         augmentation: random dictionary transforms for ``image`` and ``label``.
     """
 
     name = "aldt"
 
-    def __init__(self, mode: str = "binary", copies: int = 9, augmentation: Callable | None = None) -> None:
+    def __init__(
+        self, mode: str = "binary", augmented_copies: int = 9, augmentation: Callable | None = None
+    ) -> None:
         super().__init__(mode=mode)
-        self.copies = _check_copies(copies)
+        self.copies = _check_copies(augmented_copies)
         self.default_augmentation = _paper_augmentation(augmentation)
 
     def training_items(self, datalist, pseudo_items, generation=0):  # noqa: D102
@@ -79,19 +81,22 @@ class FullData(Method):
 
 
 class AugmentedFullData(FullData):
-    """AFDT: full-data training with ``copies`` augmented views of every image (the paper's best reference).
+    """AFDT: full-data training with ``augmented_copies`` augmented views of every image (the paper's best
+    reference).
 
     Args:
         mode: "binary", "multiclass" or "multilabel".
-        copies: augmented views per image besides the image itself (the paper: 9, as ALDT).
+        augmented_copies: augmented views per image besides the image itself (the paper: 9, as ALDT).
         augmentation: random dictionary transforms (default :func:`monai_im.transforms.paper_augmentation`).
     """
 
     name = "afdt"
 
-    def __init__(self, mode: str = "binary", copies: int = 9, augmentation: Callable | None = None) -> None:
+    def __init__(
+        self, mode: str = "binary", augmented_copies: int = 9, augmentation: Callable | None = None
+    ) -> None:
         super().__init__(mode=mode)
-        self.copies = _check_copies(copies)
+        self.copies = _check_copies(augmented_copies)
         self.default_augmentation = _paper_augmentation(augmentation)
 
     def training_items(self, datalist, pseudo_items, generation=0):  # noqa: D102

@@ -129,19 +129,19 @@ class IMPlus(NoisySchedule, InconsistencyMask):
 
     Args:
         width_start, width_end, noise_start, noise_end, schedule_generations: see :class:`NoisySchedule`.
-        kwargs: the options of :class:`InconsistencyMask` (mode, threshold, dilation, acceptance).
+        kwargs: the options of :class:`InconsistencyMask` (mode, threshold, im_dilation, acceptance).
     """
 
     name = "im_plus"
 
 
 class AIMPlus(NoisySchedule, AugmentedInconsistencyMask):
-    """AIM+: IM+ starting from ALDT (generation 0) and keeping the augmented labeled set
-    (each labeled image with its ``copies`` augmented views) next to the IM pairs in every generation.
+    """AIM+: IM+ starting from ALDT (generation 0) and keeping the augmented labeled set (each labeled
+    image with its ``augmented_copies`` augmented views) next to the IM pairs in every generation.
 
     Args:
         width_start, width_end, noise_start, noise_end, schedule_generations: see :class:`NoisySchedule`.
-        kwargs: the options of :class:`AugmentedInconsistencyMask` (copies, augmentation) and of
+        kwargs: the options of :class:`AugmentedInconsistencyMask` (augmented_copies, augmentation) and of
             :class:`InconsistencyMask`.
     """
 

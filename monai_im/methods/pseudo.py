@@ -28,9 +28,9 @@ def consensus(probs: torch.Tensor, mode: str, threshold: float) -> torch.Tensor:
 
 
 class ModelEnsemble(Method):
-    """Model Ensemble: pseudo-labels from the teachers' consensus (:func:`consensus`), nothing cut out.
+    """Model Ensemble: pseudo-labels from the teachers' consensus, nothing cut out.
 
-    Images with no foreground are dropped.
+    The consensus is :func:`consensus`'s; images with no foreground are dropped.
     """
 
     name = "model_ensemble"
@@ -43,23 +43,23 @@ class ModelEnsemble(Method):
 
 
 class InputEnsemble(ModelEnsemble):
-    """Input Ensemble: ONE teacher (the best) on ``views`` flipped/rotated copies of each image, every
+    """Input Ensemble: ONE teacher (the best) on ``input_views`` flipped/rotated copies of each image, every
     prediction mapped back, pseudo-labels from their consensus (as Model Ensemble, nothing cut out).
 
     Args:
         mode: "binary", "multiclass" or "multilabel".
         threshold: foreground threshold (binary, multilabel).
-        views: how many views (the identity first, then flips and 90-degree rotations; see
+        input_views: how many views (the identity first, then flips and 90-degree rotations; see
             :func:`monai_im.methods.blocks.input_views`).
     """
 
     name = "input_ensemble"
 
-    def __init__(self, mode: str = "binary", threshold: float = 0.5, views: int = 3) -> None:
+    def __init__(self, mode: str = "binary", threshold: float = 0.5, input_views: int = 3) -> None:
         super().__init__(mode=mode, threshold=threshold)
-        if int(views) < 2:
-            raise ValueError(f"input_ensemble needs at least 2 views, got {views}")
-        self.views = int(views)
+        if int(input_views) < 2:
+            raise ValueError(f"input_ensemble needs at least 2 views, got {input_views}")
+        self.views = int(input_views)
 
     def teacher_count(self, num_teachers: int) -> int:  # noqa: D102
         return 1
@@ -81,7 +81,7 @@ class InconsistencyMask(Method):
     Args:
         mode: "binary", "multiclass" or "multilabel" (IM_METHOD section 1).
         threshold: foreground threshold of each teacher (binary, multilabel).
-        dilation: kernel size of an optional IM dilation (0 = none, as in the paper).
+        im_dilation: kernel size of an optional IM dilation (0 = none, as in the paper).
         min_foreground: an image is kept only with at least this many agreed foreground pixels.
         foreground_exceeds_im: the paper's rule: keep only if the agreed foreground is larger than the IM.
         max_im_fraction: also reject images whose IM covers more than this fraction.
@@ -94,13 +94,13 @@ class InconsistencyMask(Method):
         self,
         mode: str = "binary",
         threshold: float = 0.5,
-        dilation: int = 0,
+        im_dilation: int = 0,
         min_foreground: int = 1,
         foreground_exceeds_im: bool = True,
         max_im_fraction: float | None = None,
     ) -> None:
         super().__init__(mode=mode, threshold=threshold)
-        self.dilation = dilation
+        self.dilation = im_dilation
         self.min_foreground = min_foreground
         self.foreground_exceeds_im = foreground_exceeds_im
         self.max_im_fraction = max_im_fraction
@@ -132,17 +132,18 @@ class InconsistencyMask(Method):
 class AugmentedInconsistencyMask(InconsistencyMask):
     """AIM: Inconsistency Masks on augmented training pairs, starting from ALDT teachers.
 
-    Generation 0 is ALDT (each labeled image plus ``copies`` augmented views); every later generation
-    trains on the labeled images (once each, or with their ``copies`` when ``augment_labeled``) and the
+    Generation 0 is ALDT (each labeled image plus ``augmented_copies`` augmented views); every later
+    generation trains on the labeled images (once each, or with their copies when ``augment_labeled``) and the
     IM pseudo-labeled pairs, every item through ``augmentation`` (fresh random views each epoch; an IM
     pair is flipped and rotated together with its pseudo-label). A generation whose teachers have no
     accepted pseudo-label falls back to the generation-0 set.
 
     Args:
-        copies: augmented views per labeled image besides the image itself.
+        augmented_copies: augmented views per labeled image besides the image itself (the paper: 9).
         augmentation: random dictionary transforms for ``image``, ``label`` (and ``im``) (default
             :func:`monai_im.transforms.paper_augmentation`).
-        augment_labeled: keep the labeled images' ``copies`` in later generations too (AIM+).
+        augment_labeled: keep the labeled images' augmented copies in later generations too (None: the
+            method's own choice, False for AIM, True for AIM+).
         kwargs: the options of :class:`InconsistencyMask`.
     """
 
@@ -152,13 +153,13 @@ class AugmentedInconsistencyMask(InconsistencyMask):
     def __init__(
         self,
         mode: str = "binary",
-        copies: int = 9,
+        augmented_copies: int = 9,
         augmentation: Callable | None = None,
         augment_labeled: bool | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(mode=mode, **kwargs)
-        aldt = AugmentedLabeled(mode=mode, copies=copies, augmentation=augmentation)
+        aldt = AugmentedLabeled(mode=mode, augmented_copies=augmented_copies, augmentation=augmentation)
         self.copies = aldt.copies
         self.default_augmentation = aldt.default_augmentation
         if augment_labeled is not None:

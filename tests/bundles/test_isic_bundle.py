@@ -27,9 +27,10 @@ def tiny_overrides(dataset_dir: str, output_dir: Path, **extra) -> dict:
         "num_teachers": 2,
         "num_generations": 2,
         "progress": False,
-        # accept every pseudo-label, so that the IM cut-outs of every image can be checked
-        "min_foreground": 0,
-        "foreground_exceeds_im": False,
+        # accept every pseudo-label, so that the IM cut-outs of every image can be checked (as the bundle's
+        # method defaults: methods without an acceptance rule, such as ldt, do not take them)
+        "method_defaults#min_foreground": 0,
+        "method_defaults#foreground_exceeds_im": False,
         **extra,
     }
 

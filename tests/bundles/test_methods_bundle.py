@@ -12,6 +12,15 @@ from monai_im.methods import METHODS
 REPO = Path(__file__).resolve().parents[2]
 #: methods whose students learn from a quality estimator (EvalNet needs 64 x 64 inputs)
 ESTIMATED = {"evalnet", "im_plus_plus", "aim_plus_plus"}
+#: set as the bundle's method defaults, so that each reaches only the methods that take it: few copies and
+#: EvalNet epochs, and every pseudo-label the rule allows on barely trained teachers accepted
+TINY_METHOD_DEFAULTS = {
+    "augmented_copies": 1,
+    "evalnet_epochs": 1,
+    "min_foreground": 0,
+    "foreground_exceeds_im": False,
+    "evalnet_min_score": 0.0,
+}
 
 
 def _run(bundle: str, dataset: str, out: Path, method: str, **extra) -> dict:
@@ -32,13 +41,8 @@ def _run(bundle: str, dataset: str, out: Path, method: str, **extra) -> dict:
         num_students=2,
         num_teachers=2,
         num_generations=1,
-        augmented_copies=1,
-        evalnet_epochs=1,
         progress=False,
-        # accept every pseudo-label the rule allows on barely trained teachers
-        min_foreground=0,
-        foreground_exceeds_im=False,
-        evalnet_min_score=0.0,
+        **{f"method_defaults#{k}": v for k, v in TINY_METHOD_DEFAULTS.items()},
         **extra,
     )
     return json.loads((out / "results.json").read_text())

@@ -78,12 +78,12 @@ def test_augmented_labeled_strategy_repeats_labeled_items():
     from monai_im.methods import AugmentedLabeled
 
     datalist = {"labeled": [{"image": "a.png", "label": "a_l.png"}, {"image": "b.png", "label": "b_l.png"}]}
-    strategy = AugmentedLabeled(copies=9)
+    strategy = AugmentedLabeled(augmented_copies=9)
     items = strategy.training_items(datalist, [])
     assert len(items) == 20 and sum(it["image"] == "a.png" for it in items) == 10
     assert not strategy.makes_pseudo_labels and strategy.augmentation is not None
     with pytest.raises(ValueError, match="copies"):
-        AugmentedLabeled(copies=-1)
+        AugmentedLabeled(augmented_copies=-1)
 
 
 def test_paper_augmentation_keeps_image_and_label_aligned():
@@ -124,7 +124,7 @@ def test_augmented_im_starts_as_aldt_then_adds_pseudo_labels_once():
     from monai_im.methods import AugmentedInconsistencyMask
 
     datalist = {"labeled": [{"image": "a"}, {"image": "b"}], "unlabeled": [{"image": "u"}]}
-    aim = AugmentedInconsistencyMask(mode="binary", copies=4, max_im_fraction=0.5)
+    aim = AugmentedInconsistencyMask(mode="binary", augmented_copies=4, max_im_fraction=0.5)
     assert aim.makes_pseudo_labels and aim.augmentation is not None
     gen0 = aim.training_items(datalist, [])
     assert [it["image"] for it in gen0] == ["a"] * 5 + ["b"] * 5
