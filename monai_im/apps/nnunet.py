@@ -45,7 +45,7 @@ from monai_im.apps.nnunet_cases import (
     write_image_case,
     write_volume_case,
 )
-from monai_im.data.datalist import load_datalist
+from monai_im.data.datalist import PATH_FIELDS, load_datalist
 from monai_im.io import atomic_directory, atomic_write_json, load_json
 from monai_im.runtime.progress import progress_bar
 from monai_im.selftrain.layout import StudyLayout, dataset_fingerprint
@@ -93,9 +93,11 @@ def _datalist(
     """The study's datalist (absolute paths) and its folder, checked against the study's fingerprint."""
     if datalist is None:
         fail("a study folder does not record its dataset: give the datalist (--datalist DATASET_DIR)")
-    folder = None
     if isinstance(datalist, Mapping):
         data = {k: [dict(it) for it in v] for k, v in datalist.items()}
+        files = [os.path.abspath(it[k]) for v in data.values() for it in v for k in PATH_FIELDS if k in it]
+        common = Path(os.path.commonpath([os.path.dirname(f) for f in files])) if files else None
+        folder = common if common is not None and common.parent != common else None  # not a filesystem root
     else:
         path = Path(datalist).expanduser().resolve()
         folder, name = (path.parent, path.name) if path.is_file() else (path, "datalist.json")
