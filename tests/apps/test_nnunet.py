@@ -67,7 +67,7 @@ def _study(root: Path, mode: str = "multiclass", edit=None) -> tuple[Path, Path]
     )
     (study / "generation_0").mkdir()
     folder = study / "generation_1" / "pseudo_labels"
-    grid = volume_segmentation_transforms(pixdim=PIXDIM, num_classes=3)
+    grid = volume_segmentation_transforms(pixdim=PIXDIM, num_classes=3, reader=VolumeReader())
     files, rows = PseudoLabelFormat("multiclass"), []
     for source in (0, 2):
         image = grid({"image": datalist["unlabeled"][source]["image"]})["image"]
@@ -139,8 +139,17 @@ def _reference(label_file: str, im_file: str, image_file: str, ignore: int) -> n
     return np.where((lab == 0) | (cut != 1), ignore, lab - 1).astype(np.uint8)
 
 
-def test_a_3d_study_exports_a_valid_nnunet_dataset_on_each_images_grid(study3d, tmp_path):
-    study, data = study3d
+def _as_nrrd(datalist):
+    """The unlabeled CTs as NRRD files (read through SimpleITK, LPS on disk)."""
+    for item in datalist["unlabeled"]:
+        nrrd = item["image"].replace(".nii.gz", ".nrrd")
+        sitk.WriteImage(sitk.ReadImage(item["image"]), nrrd)
+        item["image"] = nrrd
+
+
+@pytest.mark.parametrize("sources", ["nifti", "nrrd"])
+def test_a_3d_study_exports_a_valid_nnunet_dataset_on_each_images_grid(sources, tmp_path):
+    study, data = _study(tmp_path, edit=_as_nrrd if sources == "nrrd" else None)
     folder = export_nnunet(
         study, tmp_path / "raw", datalist=data, dataset_name="FlareIM", class_names=CLASSES, progress=False
     )
@@ -148,9 +157,8 @@ def test_a_3d_study_exports_a_valid_nnunet_dataset_on_each_images_grid(study3d, 
     meta = check_like_nnunet(folder)
     assert meta["labels"] == {"background": 0, "liver": 1, "spleen": 2, "ignore": 3}
     assert meta["channel_names"] == {"0": "CT"} and meta["file_ending"] == ".nii.gz"
-    assert (
-        meta["numTraining"] == 4
-    )  # 2 labeled + the 2 accepted pseudo-labels; the rejected image is left out
+    # 2 labeled + the 2 accepted pseudo-labels; the rejected image is left out
+    assert meta["numTraining"] == 4
     datalist = load_datalist(data)
     for i, item in enumerate(datalist["labeled"]):  # labeled: the image copied, the ground truth as it is
         assert (folder / "imagesTr" / f"labeled_{i:04d}_0000.nii.gz").read_bytes() == Path(
@@ -169,7 +177,9 @@ def test_a_3d_study_exports_a_valid_nnunet_dataset_on_each_images_grid(study3d, 
             nib.load(folder / "imagesTr" / f"{case}_0000.nii.gz"),
             nib.load(folder / "labelsTr" / f"{case}.nii.gz"),
         )
-        assert image.shape == label.shape == nib.load(source).shape
+        ct = LoadImage(reader=VolumeReader(), image_only=True)(source)
+        assert image.shape == label.shape == ct.shape
+        np.testing.assert_array_equal(np.asarray(image.dataobj), ct.numpy())  # the intensities as stored
         np.testing.assert_allclose(label.affine, image.affine)
         np.testing.assert_allclose(image.affine, SOURCE_AFFINE)  # the source grid, not the training grid
         pseudo = study / "generation_1" / "pseudo_labels"
