@@ -196,6 +196,36 @@ def _channel_names(
     return ["CT"] if channels == 1 and windowed else ["zscore"] * channels
 
 
+def _is_rgb(first_image: str, channel_names: Sequence[str] | None) -> bool:
+    """Whether a 2D export writes RGB images: three channel names, or else a first image that is not gray."""
+    from PIL import Image
+
+    if channel_names is not None:
+        return len(channel_names) == 3
+    with Image.open(first_image) as first:
+        return first.mode not in GRAY_MODES
+
+
+def _write_cases(
+    cases: Sequence[ExportCase], folder: Path, labels: ExportLabels, volumes: bool, rgb: bool, progress: bool
+) -> tuple[list[dict[str, Any]], int]:
+    """Write every case into ``folder/imagesTr`` and ``folder/labelsTr``; their records and channel count."""
+    (folder / "imagesTr").mkdir()
+    (folder / "labelsTr").mkdir()
+    rows = []
+    for case in progress_bar(cases, desc="nnU-Net export", unit="case", disable=not progress):
+        done = (
+            write_volume_case(case, folder, labels)
+            if volumes
+            else write_image_case(case, folder, labels, rgb)
+        )
+        rows.append({"case": case.name, "image": case.image, "label": case.label, **case.info, **done})
+    counts = sorted({r["channels"] for r in rows})
+    if len(counts) > 1:
+        fail(f"the images have different channel counts {counts}; nnU-Net needs the same for all")
+    return rows, counts[0]
+
+
 def export_nnunet(
     study_dir: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -246,25 +276,10 @@ def export_nnunet(
     volumes = _is_volume(pseudo.items[0]["label"] if pseudo.items else cases[0].image)
     inside = [layout.root, *([data_folder] if data_folder is not None else [])]
     folder = _target(out_dir, dataset_id, dataset_name, inside, bool(overwrite))
-    rgb = False
-    if not volumes:
-        from PIL import Image
-
-        with Image.open(cases[0].image) as first:
-            rgb = len(channel_names) == 3 if channel_names is not None else first.mode not in GRAY_MODES
+    rgb = not volumes and _is_rgb(cases[0].image, channel_names)
     with atomic_directory(folder, overwrite=bool(overwrite)) as tmp:
-        (tmp / "imagesTr").mkdir()
-        (tmp / "labelsTr").mkdir()
-        rows = []
-        for case in progress_bar(cases, desc="nnU-Net export", unit="case", disable=not progress):
-            done = (
-                write_volume_case(case, tmp, labels) if volumes else write_image_case(case, tmp, labels, rgb)
-            )
-            rows.append({"case": case.name, "image": case.image, "label": case.label, **case.info, **done})
-        counts = {r["channels"] for r in rows}
-        if len(counts) > 1:
-            fail(f"the images have different channel counts {sorted(counts)}; nnU-Net needs the same for all")
-        names = _channel_names(channel_names, counts.pop(), volumes, identity)
+        rows, channels = _write_cases(cases, tmp, labels, volumes, rgb, progress)
+        names = _channel_names(channel_names, channels, volumes, identity)
         description = f"{len(pseudo.items)} IM pseudo-labels of generation {g} of {layout.root.name}"
         atomic_write_json(
             tmp / "dataset.json",
