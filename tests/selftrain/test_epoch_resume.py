@@ -16,7 +16,7 @@ from monai_im.methods.ssl_steps import CrossPseudoSupervisionIteration, MeanTeac
 from monai_im.methods.steps import ConsistencyIteration
 from monai_im.metrics import PerImageIoU
 from monai_im.networks import IMUNet
-from monai_im.selftrain import train_student
+from monai_im.selftrain import Evaluation, StudentTraining, train_student
 from monai_im.selftrain.checkpoint import LAST_CHECKPOINT, EpochShuffleSampler, load_checkpoint
 
 
@@ -82,6 +82,15 @@ def _setup(step_kind: str | None, seed: int = 0):
 
 def _train(save_dir: Path, step_kind: str | None, epochs: int = 4, handlers=()):
     net, optimizer, loader, val, step = _setup(step_kind)
+    training = StudentTraining(
+        epochs=epochs,
+        evaluation=Evaluation(
+            key_metric={"iou": PerImageIoU(output_transform=from_engine(["pred", "label"]))},
+            postprocessing=lambda d: {**d, "pred": (d["pred"] > 0).float()},
+        ),
+        handlers=handlers,
+        progress=False,
+    )
     result = train_student(
         generation=0,
         index=0,
@@ -91,12 +100,8 @@ def _train(save_dir: Path, step_kind: str | None, epochs: int = 4, handlers=()):
         train_loader=loader,
         val_loader=val,
         device=torch.device("cpu"),
-        epochs=epochs,
         save_dir=save_dir,
-        key_metric={"iou": PerImageIoU(output_transform=from_engine(["pred", "label"]))},
-        postprocessing=lambda d: {**d, "pred": (d["pred"] > 0).float()},
-        extra_handlers=handlers,
-        progress=False,
+        training=training,
         iteration_update=step,
     )
     return result, net, step
