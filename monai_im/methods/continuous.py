@@ -15,7 +15,7 @@ multilabel at ``threshold`` (union over channels), multiclass by argmax.
 
 Seeds: the step of a student is seeded with that student's seed (``StudentContext.seed``, see
 :meth:`monai_im.selftrain.StudyProtocol.student_seed`): its unlabeled order, its random views and, for
-Mean Teacher and CPS, the initialisation of the second network; the global random state is never read.
+CPS, the initialisation of the second network; the global random state is never read.
 """
 
 from __future__ import annotations

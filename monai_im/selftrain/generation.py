@@ -19,7 +19,7 @@ import torch
 from monai.data import DataLoader
 from monai.utils import set_determinism
 
-from monai_im.methods.context import StudentResult
+from monai_im.methods.context import GenerationContext, StudentResult
 from monai_im.runtime.concurrency import run_concurrently, student_dataset
 from monai_im.selftrain.checkpoint import LAST_CHECKPOINT, EpochShuffleSampler
 from monai_im.selftrain.events import StudyEvents, replay_student
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 __all__ = [
     "run_generation",
     "summary_line",
+    "generation_context",
     "make_pseudo_labels",
     "finished_pseudo_labels",
     "train_students",
@@ -66,6 +67,27 @@ def finished_pseudo_labels(study: SelfTrainingStudy, generation: int) -> PseudoL
     return finished
 
 
+def generation_context(
+    study: SelfTrainingStudy, generation: int, teachers: Sequence[StudentResult]
+) -> GenerationContext:
+    """What :meth:`Method.prepare_generation` gets: the loaded teachers, the data and the settings."""
+    return GenerationContext(
+        generation=generation,
+        teachers=[study.load_student(t) for t in teachers],
+        teacher_results=list(teachers),
+        datalist=study.datalist,
+        eval_transforms=study.data.eval_transforms,
+        device=study.device,
+        inferer=study.evaluation.inferer,
+        batch_size=study.protocol.eval_batch_size,
+        seed=study.student_seed(generation, 998),
+        output_dir=study.generation_dir(generation),
+        progress=study.progress,
+        run_settings=study.run_settings,
+        method=study.method,
+    )
+
+
 def make_pseudo_labels(
     study: SelfTrainingStudy, generation: int, teachers: Sequence[StudentResult]
 ) -> tuple[PseudoLabelResult, bool]:
@@ -79,7 +101,7 @@ def make_pseudo_labels(
     finished = finished_pseudo_labels(study, generation)
     if finished is not None:
         return finished, True
-    context = study.generation_context(generation, teachers)
+    context = generation_context(study, generation, teachers)
     extra = study.method.prepare_generation(context)
     unlabeled = study.datalist["unlabeled"]
     has_labels = all("label" in it for it in unlabeled)

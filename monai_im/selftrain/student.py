@@ -144,22 +144,7 @@ def train_student(
     network = settings.prepare_network(network, device)
     save_dir = Path(save_dir)
     save_dir.mkdir(parents=True, exist_ok=True)
-    saver = CheckpointSaver(
-        save_dir=str(save_dir),
-        save_dict={"model": network},
-        save_key_metric=True,
-        key_metric_filename="model.pt",
-        key_metric_negative_sign=not training.evaluation.higher_is_better,
-    )
-    evaluator = make_evaluator(
-        network,
-        val_loader,
-        device,
-        training.evaluation,
-        prefix="val_",
-        handlers=[saver, *training.val_handlers],
-        run_settings=settings,
-    )
+    evaluator, saver = _validator(network, val_loader, device, save_dir, training)
     scheduler = training.lr_scheduler(optimizer) if training.lr_scheduler is not None else None
     handlers: list[Any] = [
         ValidationHandler(interval=training.val_interval, validator=evaluator, epoch_level=True)
@@ -189,6 +174,29 @@ def train_student(
         checkpoint=str(save_dir / "model.pt"),
         history=history,
     )
+
+
+def _validator(
+    network: torch.nn.Module, loader: Any, device: torch.device, save_dir: Path, training: StudentTraining
+) -> tuple[SupervisedEvaluator, CheckpointSaver]:
+    """The validation evaluator of a student, and its saver of the best checkpoint ``<save_dir>/model.pt``."""
+    saver = CheckpointSaver(
+        save_dir=str(save_dir),
+        save_dict={"model": network},
+        save_key_metric=True,
+        key_metric_filename="model.pt",
+        key_metric_negative_sign=not training.evaluation.higher_is_better,
+    )
+    evaluator = make_evaluator(
+        network,
+        loader,
+        device,
+        training.evaluation,
+        prefix="val_",
+        handlers=[saver, *training.val_handlers],
+        run_settings=training.run_settings,
+    )
+    return evaluator, saver
 
 
 def _track_epochs(

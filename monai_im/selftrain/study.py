@@ -31,7 +31,7 @@ import torch
 from monai.data import DataLoader
 
 from monai_im.io import atomic_write_bytes
-from monai_im.methods import GenerationContext, InconsistencyMask, Method, StudentContext
+from monai_im.methods import InconsistencyMask, Method, StudentContext
 from monai_im.runtime.acceleration import RunSettings
 from monai_im.runtime.distributed import DistributedContext
 from monai_im.selftrain.events import StudyEventRegistry, StudyEvents
@@ -325,24 +325,6 @@ class SelfTrainingStudy(StudyEventRegistry):
 
     def load_student(self, result: StudentResult) -> torch.nn.Module:
         return load_weights(self.student_network(result.generation), result.checkpoint, self.device).eval()
-
-    def generation_context(self, generation: int, teachers: Sequence[StudentResult]) -> GenerationContext:
-        """What :meth:`Method.prepare_generation` gets: the loaded teachers, the data and the settings."""
-        return GenerationContext(
-            generation=generation,
-            teachers=[self.load_student(t) for t in teachers],
-            teacher_results=list(teachers),
-            datalist=self.datalist,
-            eval_transforms=self.data.eval_transforms,
-            device=self.device,
-            inferer=self.evaluation.inferer,
-            batch_size=self.protocol.eval_batch_size,
-            seed=self.student_seed(generation, 998),
-            output_dir=self.generation_dir(generation),
-            progress=self.progress,
-            run_settings=self.run_settings,
-            method=self.method,
-        )
 
     def pseudo_label(
         self, generation: int, teachers: Sequence[StudentResult]
