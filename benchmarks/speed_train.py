@@ -33,7 +33,7 @@ from speed_common import log, summarize, table, to_batches
 from monai_im.losses import MaskedDiceCELoss
 from monai_im.metrics import PerImageIoU
 from monai_im.networks import IMUNet
-from monai_im.selftrain import train_student
+from monai_im.selftrain import Evaluation, StudentTraining, train_student
 from monai_im.transforms import image_segmentation_transforms
 
 __all__ = ["EpochTimer", "run_train_benchmark", "train_table"]
@@ -90,6 +90,18 @@ def _workflow_epochs(
     net = _network(0)
     timer = EpochTimer()
     start = time.perf_counter()
+    training = StudentTraining(
+        epochs=epochs,
+        evaluation=Evaluation(
+            key_metric={"iou": PerImageIoU(output_transform=from_engine(["pred", "label"]))},
+            postprocessing=Compose(
+                [Activationsd(keys="pred", sigmoid=True), AsDiscreted(keys="pred", threshold=0.5)]
+            ),
+        ),
+        val_interval=epochs + 1,  # no validation but the obligatory one after the last epoch
+        handlers=[timer],
+        progress=False,
+    )
     train_student(
         generation=0,
         index=0,
@@ -99,15 +111,8 @@ def _workflow_epochs(
         train_loader=loader,
         val_loader=val_loader,
         device=torch.device("cpu"),
-        epochs=epochs,
         save_dir=work / "student",
-        key_metric={"iou": PerImageIoU(output_transform=from_engine(["pred", "label"]))},
-        val_interval=epochs + 1,  # no validation but the obligatory one after the last epoch
-        postprocessing=Compose(
-            [Activationsd(keys="pred", sigmoid=True), AsDiscreted(keys="pred", threshold=0.5)]
-        ),
-        extra_handlers=[timer],
-        progress=False,
+        training=training,
     )
     total = time.perf_counter() - start
     epochs_run = sorted(timer.seconds)

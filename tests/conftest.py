@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from monai_im.losses import MaskedDiceCELoss
 from monai_im.methods import InconsistencyMask
 from monai_im.metrics import PerImageIoU
 from monai_im.networks import IMUNet
-from monai_im.selftrain import SelfTrainingStudy
+from monai_im.selftrain import Evaluation, SelfTrainingStudy, StudyData, StudyProtocol
 from monai_im.transforms import image_segmentation_transforms
 
 os.environ.setdefault("MPLBACKEND", "Agg")
@@ -58,12 +59,28 @@ def tiny_data(tmp_path_factory) -> Path:
     return root
 
 
+def _split(options: dict, record: type) -> dict:
+    """Take the options of the settings ``record`` (a dataclass) out of ``options``."""
+    names = {f.name for f in dataclasses.fields(record)}
+    return {k: options.pop(k) for k in list(options) if k in names}
+
+
 def _make_study(data: Path, output_dir: Path, **kwargs) -> SelfTrainingStudy:
-    """A tiny IM study on ``data`` (1 epoch, 2 students, CPU); ``kwargs`` override its options."""
+    """A tiny IM study on ``data`` (1 epoch, 2 students, CPU); ``kwargs`` override its options: those of
+    :class:`StudyProtocol`, :class:`StudyData` and :class:`Evaluation` go into these records, the rest to
+    the study."""
     pre = image_segmentation_transforms((16, 16), num_channels=3)
     options = {
         "network": lambda: IMUNet(2, 3, 1, alpha=0.25),
+        "optimizer": lambda p: torch.optim.AdamW(p, 1e-3),
+        "loss_function": MaskedDiceCELoss(mode="binary"),
         "method": InconsistencyMask(min_foreground=0, foreground_exceeds_im=False),
+        "datalist": load_datalist(data),
+        "train_transforms": pre,
+        "eval_transforms": pre,
+        "infer_transforms": pre,
+        "key_metric": {"iou": PerImageIoU(output_transform=from_engine(["pred", "label"]))},
+        "postprocessing": Compose([Activationsd("pred", sigmoid=True), AsDiscreted("pred", threshold=0.5)]),
         "num_students": 2,
         "num_teachers": 2,
         "num_generations": 0,
@@ -73,18 +90,10 @@ def _make_study(data: Path, output_dir: Path, **kwargs) -> SelfTrainingStudy:
         "progress": False,
         **kwargs,
     }
-    return SelfTrainingStudy(
-        load_datalist(data),
-        output_dir,
-        optimizer=lambda p: torch.optim.AdamW(p, 1e-3),
-        loss_function=MaskedDiceCELoss(mode="binary"),
-        train_transforms=pre,
-        eval_transforms=pre,
-        infer_transforms=pre,
-        key_metric={"iou": PerImageIoU(output_transform=from_engine(["pred", "label"]))},
-        postprocessing=Compose([Activationsd("pred", sigmoid=True), AsDiscreted("pred", threshold=0.5)]),
-        **options,
-    )
+    protocol = StudyProtocol(**_split(options, StudyProtocol))
+    study_data = StudyData(**_split(options, StudyData))
+    evaluation = Evaluation(**_split(options, Evaluation))
+    return SelfTrainingStudy(output_dir, data=study_data, evaluation=evaluation, protocol=protocol, **options)
 
 
 @pytest.fixture

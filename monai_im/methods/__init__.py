@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from monai_im.methods.base import GenerationContext, Method, PseudoLabels
+from monai_im.methods.base import GenerationContext, Method, PseudoLabels, StudentContext
 from monai_im.methods.consistency import ConsistencyLoss
 from monai_im.methods.continuous import (
     ContinuousMethod,
@@ -31,6 +31,7 @@ from monai_im.methods.registry import METHODS, build_method, method_options
 __all__ = [
     "Method",
     "GenerationContext",
+    "StudentContext",
     "PseudoLabels",
     "LabeledOnly",
     "AugmentedLabeled",

@@ -29,9 +29,9 @@ from typing import Any
 import torch
 
 from monai_im.constants import IM_MODES
-from monai_im.methods.context import GenerationContext, PseudoLabels, StudentResult
+from monai_im.methods.context import GenerationContext, PseudoLabels, StudentContext, StudentResult
 
-__all__ = ["PseudoLabels", "GenerationContext", "Method"]
+__all__ = ["PseudoLabels", "GenerationContext", "StudentContext", "Method"]
 
 
 class Method:
@@ -119,9 +119,10 @@ class Method:
         """A checkpoint the students of ``generation`` start from (None: random initialisation)."""
         return None
 
-    def iteration(self, generation: int, study: Any) -> Callable | None:
-        """A custom training step for MONAI's ``SupervisedTrainer`` (``iteration_update``), or None for
-        the standard supervised step. ``study`` gives access to the data and settings."""
+    def iteration(self, context: StudentContext) -> Callable | None:
+        """A custom training step for MONAI's ``SupervisedTrainer`` (``iteration_update``) of the student
+        described by ``context``, or None for the standard supervised step. Everything random in the step
+        is seeded from ``context.seed``."""
         return None
 
     def describe(self) -> dict[str, Any]:

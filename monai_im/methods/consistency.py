@@ -15,8 +15,15 @@ from typing import Any
 import torch
 
 from monai_im.methods.base import Method
+from monai_im.methods.context import StudentContext
 
-__all__ = ["ConsistencyLoss"]
+__all__ = ["ConsistencyLoss", "step_seed"]
+
+
+def step_seed(seed: int) -> int:
+    """The seed of a student's consistency step (its views and unlabeled order): the student's seed
+    below ``2**31``."""
+    return int(seed) % 2**31
 
 
 class ConsistencyLoss(Method):
@@ -56,13 +63,12 @@ class ConsistencyLoss(Method):
     def initial_weights(self, generation: int, teachers: Sequence[Any]) -> Any:  # noqa: D102
         return teachers[0] if generation > 0 and teachers else None
 
-    def iteration(self, generation: int, study: Any) -> Callable | None:  # noqa: D102
-        if generation <= 0:
+    def iteration(self, context: StudentContext) -> Callable | None:  # noqa: D102
+        if context.generation <= 0:
             return None
         from monai_im.methods.steps import ConsistencyIteration, photometric_views
 
-        # the student's own seed: the study seeds torch with it before asking for the step
-        seed = int(torch.initial_seed()) % 2**31
+        seed = step_seed(context.seed)
         views = photometric_views(
             torch.Generator().manual_seed(seed),
             brightness=self.brightness,
@@ -70,7 +76,7 @@ class ConsistencyLoss(Method):
             noise=self.noise,
         )
         return ConsistencyIteration(
-            study.unlabeled_loader(seed),
+            context.unlabeled_loader(seed),
             views=views,
             weight=self.weight,
             activation="softmax" if self.mode == "multiclass" else "sigmoid",

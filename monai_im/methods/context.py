@@ -16,7 +16,7 @@ import torch
 if TYPE_CHECKING:  # the method the context prepares; base.py imports this module
     from monai_im.methods.base import Method
 
-__all__ = ["PseudoLabels", "GenerationContext", "StudentResult"]
+__all__ = ["PseudoLabels", "GenerationContext", "StudentContext", "StudentResult"]
 
 
 @dataclass
@@ -102,3 +102,27 @@ class GenerationContext:
 
         items = [dict(it) for it in self.datalist.get(split, [])]
         return DataLoader(Dataset(items, transform=self.eval_transforms), batch_size=self.batch_size)
+
+
+@dataclass(frozen=True)
+class StudentContext:
+    """What a method may use to make the training step of one student (:meth:`Method.iteration`).
+
+    Everything random in the step is derived from ``seed``; a method never reads the global random state.
+
+    Attributes:
+        generation: the student's generation (0 = labeled-only students).
+        index: the student's index in its generation.
+        seed: the student's seed (see :meth:`monai_im.selftrain.StudyProtocol.student_seed`).
+        new_network: a factory of a new network of this generation's students, prepared for the device and
+            randomly initialised from the global random state (seed it, e.g. inside
+            :func:`torch.random.fork_rng`).
+        unlabeled_loader: ``unlabeled_loader(seed)`` is a loader over the unlabeled images (``image``),
+            shuffled by a generator seeded with ``seed``; the images are read once per study.
+    """
+
+    generation: int
+    index: int
+    seed: int
+    new_network: Callable[[], torch.nn.Module]
+    unlabeled_loader: Callable[[int], Any]

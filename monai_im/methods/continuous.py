@@ -13,9 +13,9 @@ unsupervised loss (exactly zero gradient there):
 The IM rule is the package's (:func:`monai_im.transforms.functional.inconsistency_mask`): binary and
 multilabel at ``threshold`` (union over channels), multiclass by argmax.
 
-Seeds: the step of a student is seeded with that student's seed (the study seeds torch with it,
-:meth:`SelfTrainingStudy.student_seed`, before asking for the step): its unlabeled order, its random views
-and, for CPS, the initialisation of the second network.
+Seeds: the step of a student is seeded with that student's seed (``StudentContext.seed``, see
+:meth:`monai_im.selftrain.StudyProtocol.student_seed`): its unlabeled order, its random views and, for
+CPS, the initialisation of the second network; the global random state is never read.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from monai_im.methods.base import Method
+from monai_im.methods.context import StudentContext
 
 __all__ = [
     "ContinuousMethod",
@@ -38,20 +39,18 @@ __all__ = [
 ]
 
 
-def _step_seeds(study: Any, generation: int) -> list[int]:
-    """Three seeds (unlabeled order, views, networks) of the student whose step is being made."""
-    first, current = study.student_seed(generation, 0), torch.initial_seed()
-    seed = current if first <= current < first + 1000 else study.student_seed(generation, 999)
-    generator = torch.Generator().manual_seed(seed)
+def step_seeds(seed: int) -> list[int]:
+    """Three seeds (unlabeled order, views, networks) drawn from a student's ``seed``."""
+    generator = torch.Generator().manual_seed(int(seed))
     return [int(s) for s in torch.randint(0, 2**62, (3,), generator=generator).tolist()]
 
 
-def _seeded_network(study: Any, seed: int) -> torch.nn.Module:
-    """A new prepared student network of generation 0, initialised from ``seed`` (the global random
+def _seeded_network(context: StudentContext, seed: int) -> torch.nn.Module:
+    """A new prepared network of the student's generation, initialised from ``seed`` (the global random
     state is left as it was)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return study.student_network(0)
+        return context.new_network()
 
 
 class ContinuousMethod(Method):
@@ -111,15 +110,15 @@ class ContinuousMethod(Method):
             "seed": seed,
         }
 
-    def make_iteration(self, study: Any, loader: Any, seeds: list[int]) -> Callable:
-        """The training step, given the unlabeled ``loader`` and the student's ``seeds``."""
+    def make_iteration(self, context: StudentContext, loader: Any, seeds: list[int]) -> Callable:
+        """The training step, given the unlabeled ``loader`` and the seeds of :func:`step_seeds`."""
         raise NotImplementedError
 
-    def iteration(self, generation: int, study: Any) -> Callable | None:  # noqa: D102
-        if generation != 0:
+    def iteration(self, context: StudentContext) -> Callable | None:  # noqa: D102
+        if context.generation != 0:
             return None
-        seeds = _step_seeds(study, generation)
-        return self.make_iteration(study, study.unlabeled_loader(seeds[0]), seeds)
+        seeds = step_seeds(context.seed)
+        return self.make_iteration(context, context.unlabeled_loader(seeds[0]), seeds)
 
     def describe(self) -> dict[str, Any]:  # noqa: D102
         return {
@@ -166,7 +165,7 @@ class FixMatch(ContinuousMethod):
             raise ValueError(f"ssl_threshold must be in [0, 1], got {ssl_threshold}")
         self.ssl_threshold = float(ssl_threshold)
 
-    def make_iteration(self, study: Any, loader: Any, seeds: list[int]) -> Callable:  # noqa: D102
+    def make_iteration(self, context: StudentContext, loader: Any, seeds: list[int]) -> Callable:  # noqa: D102
         from monai_im.methods.ssl_steps import FixMatchIteration
 
         return FixMatchIteration(
@@ -239,12 +238,12 @@ class MeanTeacher(ContinuousMethod):
             raise ValueError(f"ramp_up_steps must be an integer >= 0, got {ramp_up_steps}")
         self.ema_decay, self.ramp_up_steps = float(ema_decay), int(ramp_up_steps)
 
-    def make_iteration(self, study: Any, loader: Any, seeds: list[int]) -> Callable:  # noqa: D102
+    def make_iteration(self, context: StudentContext, loader: Any, seeds: list[int]) -> Callable:  # noqa: D102
         from monai_im.methods.ssl_steps import MeanTeacherIteration
 
         return MeanTeacherIteration(
             loader,
-            teacher=_seeded_network(study, seeds[2]),
+            teacher=_seeded_network(context, seeds[2]),
             decay=self.ema_decay,
             strong_view=self.strong_view(seeds[2]),
             ramp_up_steps=self.ramp_up_steps,
@@ -275,11 +274,11 @@ class CrossPseudoSupervision(ContinuousMethod):
 
     name = "cps"
 
-    def make_iteration(self, study: Any, loader: Any, seeds: list[int]) -> Callable:  # noqa: D102
+    def make_iteration(self, context: StudentContext, loader: Any, seeds: list[int]) -> Callable:  # noqa: D102
         from monai_im.methods.ssl_steps import CrossPseudoSupervisionIteration
 
         return CrossPseudoSupervisionIteration(
-            loader, second=_seeded_network(study, seeds[2]), **self.common(seeds[1])
+            loader, second=_seeded_network(context, seeds[2]), **self.common(seeds[1])
         )
 
     def describe(self) -> dict[str, Any]:  # noqa: D102

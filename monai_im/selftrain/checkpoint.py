@@ -260,6 +260,8 @@ class EpochCheckpoint:
         step: the trainer's ``iteration_update`` (or None).
         generation: the student's generation.
         index: the student's index.
+        scheduler: the learning-rate scheduler stepped by the trainer (or None); saved as ``"lr_scheduler"``,
+            after the optimizer, so that it is restored after the optimizer's state.
     """
 
     def __init__(
@@ -274,6 +276,7 @@ class EpochCheckpoint:
         step: Any,
         generation: int,
         index: int,
+        scheduler: Any = None,
     ) -> None:
         self.path, self.trainer, self.loader = Path(path), trainer, loader
         self.name = f"gen {generation} student {index}"
@@ -286,6 +289,8 @@ class EpochCheckpoint:
         }
         if hasattr(step, "state_dict") and hasattr(step, "load_state_dict"):
             self.save_dict["step"] = step
+        if scheduler is not None:
+            self.save_dict["lr_scheduler"] = scheduler
 
     def attach(self, engine: Any) -> None:
         """Save after every epoch; attach it last, so that everything of the epoch is done when it is saved."""

@@ -11,16 +11,17 @@ import torch
 from ignite.engine import Events
 from ignite.metrics import Metric
 from monai.engines import SupervisedEvaluator, SupervisedTrainer
-from monai.handlers import CheckpointSaver, ValidationHandler
-from monai.inferers import Inferer
+from monai.handlers import CheckpointSaver, LrScheduleHandler, ValidationHandler
 
 from monai_im.methods.context import StudentResult
 from monai_im.runtime.acceleration import RunSettings
 from monai_im.runtime.epoch_progress import EpochProgressBar
 from monai_im.selftrain.checkpoint import LAST_CHECKPOINT, EpochCheckpoint
+from monai_im.selftrain.settings import Evaluation, StudentTraining
 
 __all__ = [
     "StudentResult",
+    "StudentTraining",
     "build_network",
     "build_metrics",
     "make_evaluator",
@@ -54,11 +55,7 @@ def make_evaluator(
     network: torch.nn.Module,
     loader: Any,
     device: torch.device,
-    key_metric: Mapping[str, Any],
-    additional_metrics: Mapping[str, Any] | None = None,
-    inferer: Inferer | None = None,
-    postprocessing: Callable | None = None,
-    higher_is_better: bool = True,
+    evaluation: Evaluation,
     prefix: str = "",
     handlers: Sequence[Any] = (),
     run_settings: RunSettings | None = None,
@@ -67,18 +64,24 @@ def make_evaluator(
 
     Args:
         network: the network, prepared here with ``run_settings`` (it then runs at the inference precision).
+        loader: the labeled batches.
+        device: where the network runs.
+        evaluation: the metrics (named ``<prefix><name>``), post-processing, inferer and metric direction.
+        prefix: the prefix of the metric names (``val_``, ``test_``).
+        handlers: the evaluator's ``val_handlers``.
         run_settings: the speed policy (default :class:`RunSettings` ()).
     """
     settings = run_settings if run_settings is not None else RunSettings()
     network = settings.prepare_network(network, device)
+    higher_is_better = evaluation.higher_is_better
     return SupervisedEvaluator(
         device=device,
         val_data_loader=loader,
         network=network,
-        inferer=inferer,
-        postprocessing=postprocessing,
-        key_val_metric=build_metrics(key_metric, prefix),
-        additional_metrics=build_metrics(additional_metrics or {}, prefix),
+        inferer=evaluation.inferer,
+        postprocessing=evaluation.postprocessing,
+        key_val_metric=build_metrics(evaluation.key_metric, prefix),
+        additional_metrics=build_metrics(evaluation.additional_metrics or {}, prefix),
         metric_cmp_fn=(lambda cur, best: cur > best) if higher_is_better else (lambda cur, best: cur < best),
         val_handlers=list(handlers),
     )
@@ -105,30 +108,21 @@ def train_student(
     train_loader: Any,
     val_loader: Any,
     device: torch.device,
-    epochs: int,
     save_dir: str | Path,
-    key_metric: Mapping[str, Any],
-    additional_metrics: Mapping[str, Any] | None = None,
-    val_interval: int = 1,
-    inferer: Inferer | None = None,
-    postprocessing: Callable | None = None,
-    higher_is_better: bool = True,
-    extra_handlers: Sequence[Any] = (),
-    progress: bool = True,
-    run_settings: RunSettings | None = None,
+    training: StudentTraining,
     iteration_update: Callable | None = None,
-    resume: bool = True,
 ) -> StudentResult:
     """Train one student from scratch and keep its best checkpoint on the validation key metric.
 
     The checkpoint is written as ``<save_dir>/model.pt`` (a state dict, atomically, by MONAI's
-    CheckpointSaver) whenever the key metric improves. The network is prepared with ``run_settings``
-    (default :class:`RunSettings` ()): training steps run at its training precision, validation at its
-    inference precision. ``iteration_update`` replaces MONAI's supervised
-    step (``SupervisedTrainer(iteration_update=...)``, e.g. a consistency-loss step); its output dict must
-    hold the ``loss``; if it has ``state_dict`` / ``load_state_dict``, its state goes into the epoch checkpoint.
+    CheckpointSaver) whenever the key metric improves. The network is prepared with
+    ``training.run_settings``: training steps run at its training precision, validation at its inference
+    precision. ``iteration_update`` replaces MONAI's supervised step (``SupervisedTrainer(iteration_update=...)``,
+    e.g. a consistency-loss step); its output dict must hold the ``loss``; if it has ``state_dict`` /
+    ``load_state_dict``, its state goes into the epoch checkpoint. ``training.lr_scheduler`` (if any) is
+    made here from ``optimizer`` and stepped once per epoch.
 
-    With ``resume`` (default) an epoch checkpoint ``<save_dir>/last.pt`` is written after every epoch
+    With ``training.resume`` an epoch checkpoint ``<save_dir>/last.pt`` is written after every epoch
     (:mod:`monai_im.selftrain.checkpoint`) and, when one is there at the start, training continues from it
     instead of starting over; a checkpoint of a different schedule (epochs, batches per epoch) is
     ignored with a warning. The caller removes it once the result is stored.
@@ -136,34 +130,20 @@ def train_student(
     Returns:
         The best validation key metric, its epoch, the checkpoint path and the per-epoch history.
     """
-    settings = run_settings if run_settings is not None else RunSettings()
+    settings = training.run_settings
     network = settings.prepare_network(network, device)
     save_dir = Path(save_dir)
     save_dir.mkdir(parents=True, exist_ok=True)
-    key_name = f"val_{next(iter(key_metric))}"
-    saver = CheckpointSaver(
-        save_dir=str(save_dir),
-        save_dict={"model": network},
-        save_key_metric=True,
-        key_metric_filename="model.pt",
-        key_metric_negative_sign=not higher_is_better,
-    )
-    evaluator = make_evaluator(
-        network,
-        val_loader,
-        device,
-        key_metric,
-        additional_metrics,
-        inferer=inferer,
-        postprocessing=postprocessing,
-        higher_is_better=higher_is_better,
-        prefix="val_",
-        handlers=[saver],
-        run_settings=settings,
-    )
+    evaluator, saver = _validator(network, val_loader, device, save_dir, training)
+    scheduler = training.lr_scheduler(optimizer) if training.lr_scheduler is not None else None
+    handlers: list[Any] = [
+        ValidationHandler(interval=training.val_interval, validator=evaluator, epoch_level=True)
+    ]
+    if scheduler is not None:
+        handlers.append(LrScheduleHandler(scheduler, print_lr=False, epoch_level=True))
     trainer = SupervisedTrainer(
         device=device,
-        max_epochs=epochs,
+        max_epochs=training.epochs,
         train_data_loader=train_loader,
         network=network,
         optimizer=optimizer,
@@ -171,9 +151,63 @@ def train_student(
         decollate=False,
         iteration_update=iteration_update,
         **settings.trainer_amp(device),
-        train_handlers=[ValidationHandler(interval=val_interval, validator=evaluator, epoch_level=True)],
+        train_handlers=handlers,
     )
-    if epochs % val_interval != 0:  # always validate the last epoch too
+    history = _track_epochs(trainer, evaluator, training, f"gen {generation} student {index}")
+    checkpoint = EpochCheckpoint(
+        save_dir / LAST_CHECKPOINT,
+        trainer,
+        evaluator,
+        saver,
+        optimizer,
+        history,
+        train_loader,
+        iteration_update,
+        generation,
+        index,
+        scheduler=scheduler,
+    )
+    _run(trainer, checkpoint, training)
+    return StudentResult(
+        generation=generation,
+        index=index,
+        best_metric=float(evaluator.state.best_metric),
+        best_epoch=int(evaluator.state.best_metric_epoch),
+        checkpoint=str(save_dir / "model.pt"),
+        history=history,
+    )
+
+
+def _validator(
+    network: torch.nn.Module, loader: Any, device: torch.device, save_dir: Path, training: StudentTraining
+) -> tuple[SupervisedEvaluator, CheckpointSaver]:
+    """The validation evaluator of a student, and its saver of the best checkpoint ``<save_dir>/model.pt``."""
+    saver = CheckpointSaver(
+        save_dir=str(save_dir),
+        save_dict={"model": network},
+        save_key_metric=True,
+        key_metric_filename="model.pt",
+        key_metric_negative_sign=not training.evaluation.higher_is_better,
+    )
+    evaluator = make_evaluator(
+        network,
+        loader,
+        device,
+        training.evaluation,
+        prefix="val_",
+        handlers=[saver, *training.val_handlers],
+        run_settings=training.run_settings,
+    )
+    return evaluator, saver
+
+
+def _track_epochs(
+    trainer: SupervisedTrainer, evaluator: SupervisedEvaluator, training: StudentTraining, description: str
+) -> list[dict[str, float]]:
+    """Validate after the last epoch too, record every epoch's row of the history (returned, filled as
+    the training runs) and show the progress bar."""
+    epochs, device = training.epochs, trainer.state.device
+    if epochs % training.val_interval != 0:  # always validate the last epoch too
         trainer.add_event_handler(Events.EPOCH_COMPLETED(once=epochs), lambda e: evaluator.run(e.state.epoch))
     history: list[dict[str, float]] = []
     loss_sum: dict[str, Any] = {"total": torch.zeros((), device=device), "count": 0}
@@ -200,31 +234,27 @@ def train_student(
         engine.state.history_row = row
 
     EpochProgressBar(
-        desc=f"gen {generation} student {index}",
-        metric_name=key_name,
+        desc=description,
+        metric_name=f"val_{training.evaluation.key_metric_name}",
         validator=evaluator,
-        disable=not progress,
+        disable=not training.progress,
     ).attach(trainer)
-    finished, last = False, save_dir / LAST_CHECKPOINT
-    epoch_checkpoint = EpochCheckpoint(
-        last, trainer, evaluator, saver, optimizer, history, train_loader, iteration_update, generation, index
-    )
-    if resume:  # before the handlers attach: they see the epoch it resumes after
-        finished = epoch_checkpoint.restore(epochs)
-    for h in extra_handlers:
+    return history
+
+
+def _run(trainer: SupervisedTrainer, checkpoint: EpochCheckpoint, training: StudentTraining) -> None:
+    """Resume from the epoch checkpoint (when ``training.resume`` and it is there), attach the extra handlers,
+    save an epoch checkpoint after every epoch (when ``training.resume``) and train the remaining epochs."""
+    finished = False
+    if training.resume:  # before the handlers attach: they see the epoch it resumes after
+        finished = checkpoint.restore(training.epochs)
+    for h in training.handlers:
         h.attach(trainer)
-    if resume:  # the last handler of an epoch: everything of the epoch is done when it is saved
-        epoch_checkpoint.attach(trainer)
+    if training.resume:  # the last handler of an epoch: everything of the epoch is done when it is saved
+        checkpoint.attach(trainer)
     if not finished:
         trainer.run()
-    return StudentResult(
-        generation=generation,
-        index=index,
-        best_metric=float(evaluator.state.best_metric),
-        best_epoch=int(evaluator.state.best_metric_epoch),
-        checkpoint=str(save_dir / "model.pt"),
-        history=history,
-    )
+
 
 
 def _is_number(v: Any) -> bool:

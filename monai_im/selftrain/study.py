@@ -23,97 +23,75 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from monai.data import CacheDataset, DataLoader
-from monai.inferers import Inferer
-from monai.transforms import Compose
-from monai.utils import set_determinism
+from monai.data import DataLoader
 
 from monai_im.io import atomic_write_bytes
-from monai_im.methods import GenerationContext, InconsistencyMask, Method
+from monai_im.methods import InconsistencyMask, Method, StudentContext
 from monai_im.runtime.acceleration import RunSettings
-from monai_im.runtime.concurrency import run_concurrently, student_dataset
 from monai_im.runtime.distributed import DistributedContext
-from monai_im.selftrain.checkpoint import LAST_CHECKPOINT, EpochShuffleSampler
-from monai_im.selftrain.events import StudyEventRegistry, StudyEvents, replay_student
+from monai_im.selftrain.events import StudyEventRegistry, StudyEvents
+from monai_im.selftrain.generation import make_pseudo_labels, not_shared, run_generation, train_students
 from monai_im.selftrain.layout import StudyLayout, StudyMismatchError, study_identity
+from monai_im.selftrain.loaders import StudyLoaders
 from monai_im.selftrain.pseudo_label import PseudoLabeler, PseudoLabelResult
-from monai_im.selftrain.student import (
-    StudentResult,
-    build_network,
-    load_weights,
-    make_evaluator,
-    train_student,
+from monai_im.selftrain.settings import (
+    TEACHER_POOLS,
+    Evaluation,
+    StudyData,
+    StudyProtocol,
+    check_lr_scheduler,
 )
+from monai_im.selftrain.student import StudentResult, build_network, load_weights, make_evaluator
 
 __all__ = ["SelfTrainingStudy", "TEACHER_POOLS"]
 
 logger = logging.getLogger("monai_im")
 
-#: Where teachers come from: the previous generation's students, or every generation's so far.
-TEACHER_POOLS = ("last", "all")
+
+def _setting(group: str, name: str) -> property:
+    """The study attribute ``name``: the option of its settings record ``group`` (read and written there)."""
+
+    def fget(self: SelfTrainingStudy) -> Any:
+        return getattr(getattr(self, group), name)
+
+    def fset(self: SelfTrainingStudy, value: Any) -> None:
+        setattr(getattr(self, group), name, value)
+
+    return property(fget, fset, doc=f"``{group}.{name}``")
 
 
 class SelfTrainingStudy(StudyEventRegistry):
     """A whole self-training study (generation 0, pseudo-labelling, generations 1..G).
 
     Args:
-        datalist: the dataset, as returned by :func:`monai_im.data.load_datalist`.
         output_dir: where checkpoints, pseudo-labels and summaries go.
         network: a factory returning a new network (``_mode_: "callable"`` in JSON), or a template
             module that is deep-copied and re-initialised for every student.
         optimizer: a factory taking the parameters, e.g. ``torch.optim.AdamW`` with ``_mode_: "callable"``.
         loss_function: the training loss.
-        train_transforms: dictionary transforms for labeled and pseudo-labeled items (keys image, label, im).
-        eval_transforms: dictionary transforms for validation and test items (keys image, label).
-        infer_transforms: dictionary transforms for unlabeled items (key image; label when present).
-        unlabeled_transforms: the transforms of the unlabeled batches of the methods with their own
-            training step (FixMatch, Mean Teacher, CPS, Consistency Loss); None = ``infer_transforms``.
-            Volumes of different sizes need random patches here (e.g. :func:`volume_patch_transforms`).
-        key_metric: ``{name: metric handler}``; the validation key metric (logged as ``val_<name>``) that
-            ranks students and picks checkpoints; the test metrics are ``test_<name>``.
-        additional_metrics: further ``{name: metric handler}`` computed on validation and test.
-        method: the self-training method (:mod:`monai_im.methods`; default: Inconsistency Masks,
-            binary).
-        postprocessing: evaluator post-processing (activation + discretisation of ``pred``).
-        num_students: students per generation (K).
-        num_teachers: teachers per generation (n, the top-n students; a method may use fewer, see
-            :meth:`Method.teacher_count`).
-        teacher_pool: ``"last"``: teachers are the previous generation's best students (the paper);
-            ``"all"``: the best of every generation so far, ranked on the same validation metric.
-        num_generations: generations after generation 0 (G).
-        epochs: training epochs per student.
-        min_steps: a floor on the optimiser steps of every student (0 = none): a student whose training
-            set is small gets ``ceil(min_steps / batches per epoch)`` epochs instead, and validates
-            proportionally less often, so it is validated about as often as one with ``epochs``.
-            Without it, labeled-only students on a small labeled set take very few steps
-            (30 images, batch 8, 20 epochs: 60 steps) and make weak, mutually inconsistent teachers.
-        batch_size: training and inference batch size.
-        eval_batch_size: the batch size of validation, test and pseudo-labelling; None = ``batch_size``.
-            Volumes of different sizes cannot share a batch: the 3D bundles use 1 (their sliding-window
-            inferer batches the patches of a volume instead).
-        val_interval: validate every this many epochs (and after the last epoch).
-        seed: base seed; student k of generation g uses ``100000 * seed + 1000 * g + k`` (see
-            :meth:`student_seed`), so that studies with different seeds share no student.
-        device: torch device; default CUDA when available, else CPU.
+        data: the datalist and the transforms of each use (:class:`StudyData`).
+        evaluation: the key and additional metrics, post-processing and inferer (:class:`Evaluation`).
+        protocol: students, teachers, generations, epochs, batch sizes, seed (:class:`StudyProtocol`;
+            default: its defaults).
+        method: the self-training method (:mod:`monai_im.methods`; default: Inconsistency Masks, binary).
         run_settings: the speed policy of every forward pass (training, validation, test and
             pseudo-labelling): precision, memory format, compilation; default :class:`RunSettings` ().
-        inferer: how networks are applied in validation, test and pseudo-labelling (e.g. AdaptiveInferer).
-        higher_is_better: direction of the key metric (False for errors such as MCCE).
-        num_workers: DataLoader workers.
-        cache_rate: fraction of each dataset cached in memory after the deterministic transforms.
+        device: torch device; default CUDA when available, else CPU.
         pseudo_labeler: a :class:`PseudoLabeler` built elsewhere (its method is set to the study's), or
             options for the one built here (fill_value, image_scale, label_scale, compress_level, ...).
-        concurrent_students: how many students of a generation train at the same time (threads, each
-            with its own CUDA stream on a GPU, its own copy of the random transforms and its own
-            seeds, so the results equal sequential training). 1 (default) trains one after the other,
-            the right choice on CPU, where the cores are already busy with one student.
         handlers: e.g. an MLflow handler; each one's ``attach(study)`` registers for the events it observes.
+        student_handlers: extra handlers of every student's ``SupervisedTrainer`` (``attach(trainer)``);
+            each student attaches its own deep copy.
+        student_val_handlers: extra handlers of every student's validation ``SupervisedEvaluator``; each
+            student gets its own deep copy.
+        lr_scheduler: a factory taking a student's optimizer and returning its learning-rate scheduler
+            (``_mode_: "callable"`` in JSON), stepped once per epoch; its state is in the epoch checkpoint.
+            None (default): a constant learning rate.
         params: extra study parameters for tracking (dataset name, labeled fraction, image size, ...).
         progress: show progress bars.
         overwrite: start over when ``output_dir`` already holds a study: its files (``generation_*``,
@@ -125,126 +103,105 @@ class SelfTrainingStudy(StudyEventRegistry):
             rank pseudo-labels a shard, and rank 0 alone prepares the folder, evaluates the test set,
             writes the summaries and runs the ``handlers``. ``output_dir`` must be one folder all
             processes share. Default: a single process.
+
+    The options of the settings records are also attributes of the study (``study.datalist``,
+    ``study.batch_size``, ``study.key_metric_name``, ...).
     """
+
+    datalist = _setting("data", "datalist")
+    train_transforms = _setting("data", "train_transforms")
+    eval_transforms = _setting("data", "eval_transforms")
+    infer_transforms = _setting("data", "infer_transforms")
+    key_metric = _setting("evaluation", "key_metric")
+    additional_metrics = _setting("evaluation", "additional_metrics")
+    higher_is_better = _setting("evaluation", "higher_is_better")
+    inferer = _setting("evaluation", "inferer")
+    num_students = _setting("protocol", "num_students")
+    num_teachers = _setting("protocol", "num_teachers")
+    epochs = _setting("protocol", "epochs")
+    batch_size = _setting("protocol", "batch_size")
+    eval_batch_size = _setting("protocol", "eval_batch_size")
+    seed = _setting("protocol", "seed")
+    teacher_pool = _setting("protocol", "teacher_pool")
 
     def __init__(
         self,
-        datalist: Mapping[str, Sequence[Mapping[str, Any]]],
         output_dir: str | Path,
         network: torch.nn.Module | Callable[[], torch.nn.Module],
         optimizer: Callable[..., torch.optim.Optimizer],
         loss_function: Callable,
-        train_transforms: Callable,
-        eval_transforms: Callable,
-        infer_transforms: Callable,
-        key_metric: Mapping[str, Any],
-        additional_metrics: Mapping[str, Any] | None = None,
+        data: StudyData,
+        evaluation: Evaluation,
+        protocol: StudyProtocol | None = None,
         method: Method | None = None,
-        postprocessing: Callable | None = None,
-        num_students: int = 5,
-        num_teachers: int = 3,
-        num_generations: int = 5,
-        epochs: int = 50,
-        min_steps: int = 0,
-        batch_size: int = 32,
-        eval_batch_size: int | None = None,
-        val_interval: int = 1,
-        seed: int = 42,
-        device: str | torch.device | None = None,
+        *,
         run_settings: RunSettings | None = None,
-        inferer: Inferer | None = None,
-        higher_is_better: bool = True,
-        num_workers: int = 0,
-        cache_rate: float = 1.0,
+        device: str | torch.device | None = None,
         pseudo_labeler: PseudoLabeler | Mapping[str, Any] | None = None,
         handlers: Sequence[Any] = (),
+        student_handlers: Sequence[Any] = (),
+        student_val_handlers: Sequence[Any] = (),
+        lr_scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
         params: Mapping[str, Any] | None = None,
         progress: bool = True,
         overwrite: bool = False,
-        teacher_pool: str = "last",
-        concurrent_students: int = 1,
         distributed: DistributedContext | None = None,
-        unlabeled_transforms: Callable | None = None,
     ) -> None:
         super().__init__()
         self.distributed = distributed if distributed is not None else DistributedContext()
-        if len(key_metric) != 1:
-            raise ValueError(f"key_metric must hold exactly one metric, got {list(key_metric)}")
-        if num_students < 1 or epochs < 1 or batch_size < 1 or num_generations < 0 or min_steps < 0:
-            raise ValueError(
-                "num_students, epochs and batch_size must be >= 1, num_generations and min_steps >= 0"
-            )
+        self.protocol = protocol if protocol is not None else StudyProtocol()
+        self.data, self.evaluation = data, evaluation
         self.method = method if method is not None else InconsistencyMask()
-        if self.method.has_generations and not 1 <= num_teachers <= num_students:
-            raise ValueError(f"num_teachers must be in 1..num_students ({num_students}), got {num_teachers}")
-        if self.method.has_generations and num_generations > 0 and not datalist.get("unlabeled"):
-            raise ValueError("the datalist has no 'unlabeled' images to pseudo-label")
-        if teacher_pool not in TEACHER_POOLS:
-            raise ValueError(f"teacher_pool must be one of {TEACHER_POOLS}, got {teacher_pool!r}")
-        if int(concurrent_students) < 1:
-            raise ValueError(f"concurrent_students must be >= 1, got {concurrent_students}")
-        self.teacher_pool = teacher_pool
-        self.concurrent_students = int(concurrent_students)
-        if not datalist.get("labeled") or not datalist.get("validation"):
-            raise ValueError("the datalist needs 'labeled' and 'validation' entries")
-        self.datalist = datalist
+        self._check_method()
+        self.num_generations = self.protocol.num_generations if self.method.has_generations else 0
         self.output_dir = Path(output_dir)
         self.layout = StudyLayout(self.output_dir)
         self.overwrite = overwrite
         self.started_over = False  # set by run(): True when ``overwrite`` removed a previous study
-        self.network = network
-        self.optimizer = optimizer
-        self.loss_function = loss_function
-        self.train_transforms = train_transforms
-        self.eval_transforms = eval_transforms
-        self.infer_transforms = infer_transforms
-        self.unlabeled_transforms = (
-            unlabeled_transforms if unlabeled_transforms is not None else infer_transforms
-        )
-        self.key_metric = dict(key_metric)
-        self.key_metric_name = next(iter(self.key_metric))
-        self.additional_metrics = dict(additional_metrics or {})
-        self.postprocessing = postprocessing
-        self.num_students = num_students
-        self.num_teachers = num_teachers
-        self.num_generations = num_generations if self.method.has_generations else 0
-        self.epochs = epochs
-        self.min_steps = min_steps
-        self.batch_size = batch_size
-        self.eval_batch_size = int(eval_batch_size) if eval_batch_size is not None else batch_size
-        if self.eval_batch_size < 1:
-            raise ValueError(f"eval_batch_size must be >= 1, got {eval_batch_size}")
-        self.val_interval = val_interval
-        self.seed = seed
+        self.network, self.optimizer, self.loss_function = network, optimizer, loss_function
+        check_lr_scheduler(lr_scheduler)
+        self.student_handlers, self.student_val_handlers = list(student_handlers), list(student_val_handlers)
+        self.lr_scheduler = lr_scheduler
         self.device = (
             torch.device(device)
             if device is not None
             else torch.device("cuda" if torch.cuda.is_available() else "cpu")
         )
         self.run_settings = run_settings if run_settings is not None else RunSettings()
-        self.inferer = inferer
-        self.higher_is_better = higher_is_better
-        self.num_workers = num_workers
-        self.cache_rate = cache_rate
-        if isinstance(pseudo_labeler, PseudoLabeler):
-            pseudo_labeler.method = self.method
-            self.pseudo_labeler = pseudo_labeler
-        else:
-            options = {
-                "inferer": inferer,
-                "device": self.device,
-                "batch_size": self.eval_batch_size,
-                "num_workers": num_workers,
-                "run_settings": self.run_settings,
-                "progress": progress,
-                **dict(pseudo_labeler or {}),
-            }
-            self.pseudo_labeler = PseudoLabeler(self.method, **options)
         self.params = dict(params or {})
         self.progress = progress
-        self._val_loader: DataLoader | None = None
-        self._test_loader: DataLoader | None = None
-        self._unlabeled_ds: CacheDataset | None = None
+        self.pseudo_labeler = self._pseudo_labeler(pseudo_labeler)
+        self.loaders = StudyLoaders(self.data, self.protocol)
+        self._attach(handlers)
+
+    def _check_method(self) -> None:
+        """Refuse a protocol or datalist the method cannot run with."""
+        if not self.method.has_generations:
+            if self.protocol.num_generations > 0:
+                logger.info(f"method '{self.method.name}' has no later generations: only generation 0 runs")
+            return
+        self.protocol.check_teachers()
+        if self.protocol.num_generations > 0 and not self.data.datalist.get("unlabeled"):
+            raise ValueError("the datalist has no 'unlabeled' images to pseudo-label")
+
+    def _pseudo_labeler(self, pseudo_labeler: PseudoLabeler | Mapping[str, Any] | None) -> PseudoLabeler:
+        """The given labeler (set to the study's method), or one built from the study's settings."""
+        if isinstance(pseudo_labeler, PseudoLabeler):
+            pseudo_labeler.method = self.method
+            return pseudo_labeler
+        options = {
+            "inferer": self.evaluation.inferer,
+            "device": self.device,
+            "batch_size": self.protocol.eval_batch_size,
+            "num_workers": self.data.num_workers,
+            "run_settings": self.run_settings,
+            "progress": self.progress,
+            **dict(pseudo_labeler or {}),
+        }
+        return PseudoLabeler(self.method, **options)
+
+    def _attach(self, handlers: Sequence[Any]) -> None:
+        """Let the study's handlers register (on rank 0 of a distributed study only)."""
         if self.distributed.is_main:  # the other processes of a distributed study track nothing
             for h in handlers:
                 h.attach(self)
@@ -255,20 +212,24 @@ class SelfTrainingStudy(StudyEventRegistry):
                 f"{os.environ['WORLD_SIZE']} processes were launched but the study has no distributed context: "
                 "each runs the whole study into the same folder (add configs/multi_gpu_train.json)"
             )
-        if num_generations > 0 and not self.method.has_generations:
-            logger.info(f"method '{self.method.name}' has no later generations: only generation 0 runs")
+
+    @property
+    def key_metric_name(self) -> str:
+        """The name of the validation key metric (logged as ``val_<name>``, tested as ``test_<name>``)."""
+        return self.evaluation.key_metric_name
 
     def describe(self) -> dict[str, Any]:
         """The study's parameters (for tracking and the run summary)."""
+        p = self.protocol
         return {
             **self.method.describe(),
-            "students": self.num_students,
-            "teachers": self.num_teachers,
+            "students": p.num_students,
+            "teachers": p.num_teachers,
             "generations": self.num_generations,
-            "epochs": self.epochs,
-            "min_steps": self.min_steps,
-            "batch_size": self.batch_size,
-            "seed": self.seed,
+            "epochs": p.epochs,
+            "min_steps": p.min_steps,
+            "batch_size": p.batch_size,
+            "seed": p.seed,
             "key_metric": self.key_metric_name,
             "labeled_images": len(self.datalist["labeled"]),
             "unlabeled_images": len(self.datalist.get("unlabeled", [])),
@@ -276,38 +237,41 @@ class SelfTrainingStudy(StudyEventRegistry):
         }
 
     def schedule(self, batches_per_epoch: int) -> tuple[int, int]:
-        """``(epochs, val_interval)`` of a student whose loader yields ``batches_per_epoch`` batches.
-
-        ``epochs`` is raised so that the student takes at least ``min_steps`` optimiser steps, and the
-        validation interval grows by the same factor (never below the configured one)."""
-        if batches_per_epoch < 1:
-            raise ValueError(f"a student needs at least one batch per epoch, got {batches_per_epoch}")
-        epochs = max(self.epochs, -(-self.min_steps // batches_per_epoch))
-        val_interval = max(self.val_interval, round(self.val_interval * epochs / self.epochs))
-        return epochs, val_interval
+        """``(epochs, val_interval)`` of a student (:meth:`StudyProtocol.schedule`)."""
+        return self.protocol.schedule(batches_per_epoch)
 
     def student_seed(self, generation: int, index: int) -> int:
-        """The seed of student ``index`` of ``generation``: distinct for every (seed, generation, index)
-        with fewer than 100 generations and 1000 students."""
-        return 100_000 * self.seed + 1000 * generation + index
+        """The seed of student ``index`` of ``generation`` (:meth:`StudyProtocol.student_seed`)."""
+        return self.protocol.student_seed(generation, index)
+
+    def student_context(self, generation: int, index: int) -> StudentContext:
+        """What :meth:`Method.iteration` gets for student ``index`` of ``generation``."""
+        return StudentContext(
+            generation=generation,
+            index=index,
+            seed=self.student_seed(generation, index),
+            new_network=lambda: self.student_network(generation),
+            unlabeled_loader=self.unlabeled_loader,
+        )
 
     def identity(self) -> dict[str, Any]:
         """What this study is (``study.json``): method, seed, protocol and dataset fingerprint; not the
         number of generations, so that a study can be continued with more of them."""
+        p = self.protocol
         protocol = {
-            "num_students": self.num_students,
-            "num_teachers": self.num_teachers,
-            "epochs": self.epochs,
-            "min_steps": self.min_steps,
-            "batch_size": self.batch_size,
-            "val_interval": self.val_interval,
+            "num_students": p.num_students,
+            "num_teachers": p.num_teachers,
+            "epochs": p.epochs,
+            "min_steps": p.min_steps,
+            "batch_size": p.batch_size,
+            "val_interval": p.val_interval,
             "key_metric": self.key_metric_name,
             "params": self.params,
         }
-        if self.teacher_pool != "last":  # absent from folders of earlier versions: they keep their identity
-            protocol["teacher_pool"] = self.teacher_pool
+        if p.teacher_pool != "last":  # absent from folders of earlier versions: they keep their identity
+            protocol["teacher_pool"] = p.teacher_pool
         desc = self.method.describe()
-        return study_identity(self.method.name, desc, self.seed, protocol, self.datalist)
+        return study_identity(self.method.name, desc, p.seed, protocol, self.datalist)
 
     def prepare_output_dir(self) -> None:
         """Check (or, with ``overwrite``, clear) ``output_dir``, remove leftovers of interrupted writes
@@ -327,60 +291,32 @@ class SelfTrainingStudy(StudyEventRegistry):
         return self.layout.student_dir(generation, index)
 
     # ------------------------------------------------------------------ data
-    def _dataset(self, items: Sequence[Mapping[str, Any]], transform: Callable) -> CacheDataset:
-        return CacheDataset(
-            list(items),
-            transform=transform,
-            cache_rate=self.cache_rate,
-            num_workers=self.num_workers,
-            progress=False,
-        )
-
-    def _loader(self, items: Sequence[Mapping[str, Any]], transform: Callable) -> DataLoader:
-        return DataLoader(
-            self._dataset(items, transform), batch_size=self.eval_batch_size, num_workers=self.num_workers
-        )
-
     @property
     def val_loader(self) -> DataLoader:
-        if self._val_loader is None:
-            self._val_loader = self._loader(self.datalist["validation"], self.eval_transforms)
-        return self._val_loader
+        """The validation set (:attr:`StudyLoaders.val_loader`)."""
+        return self.loaders.val_loader
 
     @property
     def test_loader(self) -> DataLoader | None:
-        if self._test_loader is None and self.datalist.get("test"):
-            self._test_loader = self._loader(self.datalist["test"], self.eval_transforms)
-        return self._test_loader
+        """The test set, or None (:attr:`StudyLoaders.test_loader`)."""
+        return self.loaders.test_loader
 
     def unlabeled_loader(self, seed: int) -> DataLoader:
-        """A shuffled loader over the unlabeled images (``image``), for methods with their own step.
-
-        The images are read and cached once per study; each loader only draws its own order."""
-        if self._unlabeled_ds is None:
-            items = [{"image": it["image"]} for it in self.datalist.get("unlabeled", [])]
-            if not items:
-                raise ValueError("the datalist has no 'unlabeled' images")
-            self._unlabeled_ds = self._dataset(items, self.unlabeled_transforms)
-        return DataLoader(
-            self._unlabeled_ds,
-            batch_size=self.batch_size,
-            shuffle=True,
-            num_workers=self.num_workers,
-            generator=torch.Generator().manual_seed(seed),
-            drop_last=len(self._unlabeled_ds) > self.batch_size,
-        )
+        """A shuffled loader over the unlabeled images (:meth:`StudyLoaders.unlabeled_loader`)."""
+        return self.loaders.unlabeled_loader(seed)
 
     # ------------------------------------------------------------------ steps
     def rank(self, results: Sequence[StudentResult]) -> list[StudentResult]:
         """Students sorted best first on the validation key metric."""
-        return sorted(results, key=lambda r: r.best_metric, reverse=self.higher_is_better)
+        return sorted(results, key=lambda r: r.best_metric, reverse=self.evaluation.higher_is_better)
 
     def choose_teachers(self, generations: Sequence[Sequence[StudentResult]]) -> list[StudentResult]:
         """The teachers of the next generation from the students of the generations so far (oldest first):
         the method's number of them, from the last generation or from all (``teacher_pool``)."""
-        pool = generations[-1] if self.teacher_pool == "last" else [s for g in generations for s in g]
-        return self.rank(pool)[: self.method.teacher_count(self.num_teachers)]
+        pool = (
+            generations[-1] if self.protocol.teacher_pool == "last" else [s for g in generations for s in g]
+        )
+        return self.rank(pool)[: self.method.teacher_count(self.protocol.num_teachers)]
 
     def student_network(self, generation: int) -> torch.nn.Module:
         """A new, prepared network of the students of ``generation`` (the method may widen it)."""
@@ -390,92 +326,12 @@ class SelfTrainingStudy(StudyEventRegistry):
     def load_student(self, result: StudentResult) -> torch.nn.Module:
         return load_weights(self.student_network(result.generation), result.checkpoint, self.device).eval()
 
-    def generation_context(self, generation: int, teachers: Sequence[StudentResult]) -> GenerationContext:
-        """What :meth:`Method.prepare_generation` gets: the loaded teachers, the data and the settings."""
-        return GenerationContext(
-            generation=generation,
-            teachers=[self.load_student(t) for t in teachers],
-            teacher_results=list(teachers),
-            datalist=self.datalist,
-            eval_transforms=self.eval_transforms,
-            device=self.device,
-            inferer=self.inferer,
-            batch_size=self.eval_batch_size,
-            seed=self.student_seed(generation, 998),
-            output_dir=self.generation_dir(generation),
-            progress=self.progress,
-            run_settings=self.run_settings,
-            method=self.method,
-        )
-
     def pseudo_label(
         self, generation: int, teachers: Sequence[StudentResult]
     ) -> tuple[PseudoLabelResult, bool]:
-        """Pseudo-label the unlabeled set with the teachers, or reuse a finished set from an earlier run.
-
-        In a distributed study every process labels its shard of the unlabeled set (whole batches) into
-        its own folder, rank 0 merges them into the final set, and the others then load it.
-        """
-        out = self.layout.pseudo_label_dir(generation)
-        finished = self._finished_pseudo_labels(generation)
-        if finished is not None:
-            return finished, True
-        context = self.generation_context(generation, teachers)
-        extra = self.method.prepare_generation(context)
-        unlabeled = self.datalist["unlabeled"]
-        has_labels = all("label" in it for it in unlabeled)
-        transform = self.eval_transforms if has_labels else self.infer_transforms
-        description = f"gen {generation} pseudo-labels"
-        dist = self.distributed
-        if not dist.is_distributed:
-            result = self.pseudo_labeler(
-                context.teachers, unlabeled, transform, out, description=description, extra_stats=extra
-            )
-            return result, False
-        labeler = self.pseudo_labeler
-        shard = dist.shard(len(unlabeled), labeler.batch_size)
-        logger.info(f"process {dist.rank}: pseudo-labels unlabeled images {shard[0]}:{shard[1]}")
-        labeler.label_shard(
-            context.teachers, unlabeled, transform, labeler.shard_folder(out, dist.rank), shard, description
-        )
-        dist.barrier()  # every shard is written
-        if dist.is_main:
-            shards = [labeler.shard_folder(out, r) for r in range(dist.world_size)]
-            labeler.merge_shards(shards, out, extra_stats=extra)
-        dist.barrier()  # the set is complete
-        result = self._finished_pseudo_labels(generation)
-        if result is None:
-            raise self._not_shared(out / "datalist.json")
-        return result, False
-
-    def _not_shared(self, path: Path) -> RuntimeError:
-        """The error of a process that does not see a file another process of the study wrote."""
-        return RuntimeError(
-            f"process {self.distributed.rank}: {path} is missing after another process wrote it: output_dir "
-            "must be on a filesystem all processes share"
-        )
-
-    def _finished_pseudo_labels(self, generation: int) -> PseudoLabelResult | None:
-        """The finished pseudo-label set of ``generation`` in the folder, with the originals where the
-        dataset is now (it may have moved); None when there is none."""
-        finished = PseudoLabelResult.load(self.layout.pseudo_label_dir(generation))
-        if finished is None:
-            return None
-        old_figure = self.layout.figure_file(generation)  # where versions <= 0.3 drew it
-        if finished.figure_path is None and old_figure.is_file():
-            finished.figure_path = str(old_figure)
-        unlabeled = self.datalist["unlabeled"]
-        for item in finished.items:
-            if isinstance(item.get("source"), int) and 0 <= item["source"] < len(unlabeled):
-                item["image"] = str(unlabeled[item["source"]]["image"])
-        return finished
-
-    def _training_set(self, generation: int, items: Sequence[Mapping[str, Any]]) -> CacheDataset:
-        transform = self.train_transforms
-        augmentation = self.method.augmentation_for(generation)
-        if augmentation is not None:  # cached up to the first random transform
-            transform = Compose([transform, augmentation]).flatten()
-        return self._dataset(items, transform)
+        """Pseudo-label the unlabeled set with the teachers, or reuse a finished set from an earlier run
+        (:func:`monai_im.selftrain.generation.make_pseudo_labels`); returns the set and whether it was reused."""
+        return make_pseudo_labels(self, generation, teachers)
 
     def train_generation(
         self,
@@ -483,113 +339,15 @@ class SelfTrainingStudy(StudyEventRegistry):
         items: Sequence[Mapping[str, Any]],
         teachers: Sequence[StudentResult] = (),
     ) -> list[StudentResult]:
-        """Train (or reload) the K students of a generation; ``concurrent_students`` of them at a time.
-
-        In a distributed study each process trains the students it owns (``k % world_size``), then
-        reads the others' ``result.json`` once every process has finished.
-        """
-        dist = self.distributed
-        results: dict[int, StudentResult] = {}
-        todo: list[int] = []
-        for k in range(self.num_students):
-            result = self.layout.read_student(generation, k)
-            if result is None:
-                todo.append(k)
-                continue
-            self.fire_event(StudyEvents.STUDENT_FINISHED, result=result, resumed=True)
-            results[k] = result
-        dist.barrier()  # every process has seen which students were finished before
-        own = [k for k in todo if dist.owns(k)]
-        if dist.is_distributed:
-            logger.info(f"process {dist.rank}: trains students {own} of generation {generation}")
-        if own:
-            train_ds = self._training_set(generation, items)
-            start = self.method.initial_weights(generation, teachers)
-            jobs = [self._student_job(generation, k, train_ds, start) for k in own]
-            for k, result in zip(own, run_concurrently(jobs, self.concurrent_students, self.device)):
-                results[k] = result
-        set_determinism(seed=None)
-        if dist.is_distributed:
-            dist.barrier()  # every student of the generation is written
-            for k in todo:
-                if k in results:
-                    continue
-                result = self.layout.read_student(generation, k)
-                if result is None:
-                    raise self._not_shared(self.student_dir(generation, k) / "result.json")
-                if dist.is_main:  # the handlers see it as if it had trained here
-                    replay_student(self, result)
-                results[k] = result
-        return [results[k] for k in range(self.num_students)]
-
-    def _student_job(
-        self, generation: int, index: int, train_ds: Any, start: StudentResult | None
-    ) -> Callable[[], StudentResult]:
-        """Everything seeded for one student (network, data order, its own copy of the random transforms,
-        seeded by its loader), and its training; the jobs of a generation are all prepared first."""
-        seed = self.student_seed(generation, index)
-        set_determinism(seed=seed)
-        net = self.student_network(generation)
-        if start is not None:
-            load_weights(net, start.checkpoint, self.device)
-        dataset = student_dataset(train_ds)
-        loader = DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            sampler=EpochShuffleSampler(dataset, seed),  # the same order of an epoch when resumed
-            num_workers=self.num_workers,
-            generator=torch.Generator().manual_seed(seed),
-            drop_last=len(dataset) > self.batch_size,
-        )
-        epochs, val_interval = self.schedule(len(loader))
-        optimizer = self.optimizer(net.parameters())
-        iteration = self.method.iteration(generation, self)
-
-        def job() -> StudentResult:
-            result = train_student(
-                generation=generation,
-                index=index,
-                network=net,
-                optimizer=optimizer,
-                loss_function=self.loss_function,
-                train_loader=loader,
-                val_loader=self.val_loader,
-                device=self.device,
-                epochs=epochs,
-                save_dir=self.student_dir(generation, index),
-                key_metric=self.key_metric,
-                additional_metrics=self.additional_metrics,
-                val_interval=val_interval,
-                inferer=self.inferer,
-                postprocessing=self.postprocessing,
-                higher_is_better=self.higher_is_better,
-                extra_handlers=[_StudentHook(self, generation, index)],
-                progress=self.progress,
-                run_settings=self.run_settings,
-                iteration_update=iteration,
-            )
-            self.layout.write_student(result)
-            # the result is stored: the epoch checkpoint it resumed from is no longer needed
-            (self.student_dir(generation, index) / LAST_CHECKPOINT).unlink(missing_ok=True)
-            self.fire_event(StudyEvents.STUDENT_FINISHED, result=result, resumed=False)
-            return result
-
-        return job
+        """Train (or reload) the students of a generation
+        (:func:`monai_im.selftrain.generation.train_students`)."""
+        return train_students(self, generation, items, teachers)
 
     def evaluate(self, result: StudentResult, loader: Any, prefix: str = "test_") -> dict[str, float]:
         """Key and additional metrics of a student's checkpoint on a labeled set."""
         net = self.load_student(result)
         evaluator = make_evaluator(
-            net,
-            loader,
-            self.device,
-            self.key_metric,
-            self.additional_metrics,
-            inferer=self.inferer,
-            postprocessing=self.postprocessing,
-            higher_is_better=self.higher_is_better,
-            prefix=prefix,
-            run_settings=self.run_settings,
+            net, loader, self.device, self.evaluation, prefix=prefix, run_settings=self.run_settings
         )
         evaluator.run()
         return {
@@ -624,13 +382,13 @@ class SelfTrainingStudy(StudyEventRegistry):
             finished = dist.broadcast_object(self.layout.summary_file(g).is_file())  # rank 0 decides
             summary = self.layout.read_summary(g) if finished else None
             if finished and summary is None:
-                raise self._not_shared(self.layout.summary_file(g))
+                raise not_shared(self, self.layout.summary_file(g))
             if summary is not None:
                 history.append([StudentResult.from_dict(d) for d in summary["students"]])
                 self.fire_event(StudyEvents.GENERATION_FINISHED, summary=summary, resumed=True)
                 summaries.append(summary)
                 continue
-            summary = self._run_generation(g, history)
+            summary = run_generation(self, g, history)
             self.fire_event(StudyEvents.GENERATION_FINISHED, summary=summary, resumed=False)
             summaries.append(summary)
             history.append([StudentResult.from_dict(d) for d in summary["students"]])
@@ -645,78 +403,3 @@ class SelfTrainingStudy(StudyEventRegistry):
             )
         dist.barrier()  # the other processes end with the study's files written
         return summaries
-
-    def _run_generation(self, g: int, history: Sequence[Sequence[StudentResult]]) -> dict[str, Any]:
-        """One generation: teachers, pseudo-labels, students, ranking, test; writes its ``summary.json``."""
-        start = time.time()
-        self.fire_event(StudyEvents.GENERATION_STARTED, generation=g)
-        pseudo_items: list[dict[str, Any]] = []
-        pseudo_stats: dict[str, float] = {}
-        teachers = self.choose_teachers(history) if g > 0 else []
-        if g > 0 and self.method.makes_pseudo_labels:
-            plr, resumed = self.pseudo_label(g, teachers)
-            pseudo_items, pseudo_stats = plr.items, plr.stats
-            figure = Path(plr.figure_path) if plr.figure_path else None
-            self.fire_event(
-                StudyEvents.PSEUDO_LABELS_READY, generation=g, result=plr, figure=figure, resumed=resumed
-            )
-        items = self.method.training_items(self.datalist, pseudo_items, g)
-        students = self.train_generation(g, items, teachers)
-        if not self.distributed.is_main:  # rank 0 tests the best student and writes the summary
-            self.distributed.barrier()
-            summary = self.layout.read_summary(g)
-            if summary is None:
-                raise self._not_shared(self.layout.summary_file(g))
-            return summary
-        ranked = self.rank(students)
-        best = ranked[0]
-        test = self.evaluate(best, self.test_loader) if self.test_loader is not None else {}
-        summary = {
-            "generation": g,
-            "method": self.method.name,
-            "training_images": len(items),
-            "teachers": [t.index for t in teachers],
-            "ranking": [r.index for r in ranked],
-            "best_student": best.index,
-            f"val_{self.key_metric_name}": best.best_metric,
-            "test": test,
-            "pseudo_labels": pseudo_stats,
-            "checkpoint": best.checkpoint,
-            "seconds": round(time.time() - start, 1),
-            "students": [s.to_dict() for s in students],
-        }
-        if self.teacher_pool != "last":
-            summary["teacher_generations"] = [t.generation for t in teachers]
-        self.layout.write_summary(summary)
-        self.distributed.barrier()  # the other processes read it
-        logger.info(self.summary_line(summary))
-        return summary
-
-    def summary_line(self, summary: Mapping[str, Any]) -> str:
-        """One line per generation: best student, validation and test metrics, pseudo-label statistics."""
-        key = f"val_{self.key_metric_name}"
-        parts = [
-            f"generation {summary['generation']} [{summary['method']}]",
-            f"best student {summary['best_student']}",
-            f"{key}={summary[key]:.4f}",
-        ]
-        parts += [f"{k}={v:.4f}" for k, v in summary.get("test", {}).items()]
-        ps = summary.get("pseudo_labels") or {}
-        if ps:
-            parts.append(
-                f"pseudo-labels kept {ps['images_kept']}/{ps['unlabeled_images']}, IM {100 * ps['im_fraction']:.1f}%"
-            )
-        parts.append(f"{summary['seconds']:.0f}s")
-        return " | ".join(parts)
-
-
-class _StudentHook:
-    """Fires ``STUDENT_STARTED`` with the new trainer, so that handlers can attach epoch-level handlers."""
-
-    def __init__(self, study: SelfTrainingStudy, generation: int, index: int) -> None:
-        self.study, self.generation, self.index = study, generation, index
-
-    def attach(self, trainer: Any) -> None:
-        self.study.fire_event(
-            StudyEvents.STUDENT_STARTED, generation=self.generation, index=self.index, trainer=trainer
-        )

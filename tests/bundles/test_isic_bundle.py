@@ -49,11 +49,11 @@ def mlflow_runs(output_dir: Path, experiment: str = "isic_im_demo"):
 
 @pytest.mark.slow
 def test_study_end_to_end_then_resume_after_interruption(isic_tiny, tmp_path, monkeypatch):
+    import monai_im.selftrain.generation as generation_mod
     import monai_im.selftrain.pseudo_label as pl_mod
-    import monai_im.selftrain.study as study_mod
 
     out = tmp_path / "run"
-    real_train = study_mod.train_student
+    real_train = generation_mod.train_student
     trained: list[tuple[int, int]] = []
 
     def interrupted_train(**kwargs):
@@ -62,7 +62,7 @@ def test_study_end_to_end_then_resume_after_interruption(isic_tiny, tmp_path, mo
         trained.append((kwargs["generation"], kwargs["index"]))
         return real_train(**kwargs)
 
-    monkeypatch.setattr(study_mod, "train_student", interrupted_train)
+    monkeypatch.setattr(generation_mod, "train_student", interrupted_train)
     with pytest.raises(KeyboardInterrupt):
         run_bundle(tiny_overrides(isic_tiny, out))
     assert trained == [(0, 0), (0, 1), (1, 0)]
@@ -84,7 +84,7 @@ def test_study_end_to_end_then_resume_after_interruption(isic_tiny, tmp_path, mo
         labelling_calls.append(Path(output_dir).parent.name)
         return real_call(self, teachers, items, transform, output_dir, **kw)
 
-    monkeypatch.setattr(study_mod, "train_student", counting_train)
+    monkeypatch.setattr(generation_mod, "train_student", counting_train)
     monkeypatch.setattr(pl_mod.PseudoLabeler, "__call__", counting_call)
     run_bundle(tiny_overrides(isic_tiny, out))
     assert resumed == [(1, 1), (2, 0), (2, 1)]

@@ -116,7 +116,7 @@ def test_sixteen_bit_images_are_scaled_like_their_eight_bit_originals(isic_tiny,
 
 
 def test_a_bad_unlabeled_file_stops_the_study_before_any_training(isic_tiny, tmp_path, monkeypatch, capsys):
-    import monai_im.selftrain.study as study_mod
+    import monai_im.selftrain.generation as generation_mod
 
     data = recoded_copy(isic_tiny, tmp_path / "bad")
     datalist = json.loads((data / "datalist.json").read_text())
@@ -125,7 +125,7 @@ def test_a_bad_unlabeled_file_stops_the_study_before_any_training(isic_tiny, tmp
     text = data / datalist["test"][0]["image"]
     text.write_text("this is not an image\n")
     trained = []
-    monkeypatch.setattr(study_mod, "train_student", lambda **kw: trained.append(kw))
+    monkeypatch.setattr(generation_mod, "train_student", lambda **kw: trained.append(kw))
     with pytest.raises(SystemExit) as err:
         run_isic(data, tmp_path / "out", method="im", num_generations=1)
     assert trained == []

@@ -310,7 +310,7 @@ def test_every_continuous_method_runs_generation_zero_of_a_study(name, tiny_data
     study = make_study(tiny_data, tmp_path / name, method=method, num_students=1, num_generations=2)
     trainers = []
     study.add_event_handler(StudyEvents.STUDENT_STARTED, lambda s, trainer, **kw: trainers.append(trainer))
-    assert method.iteration(1, study) is None
+    assert method.iteration(study.student_context(1, 0)) is None
     summaries = study.run()
     assert len(summaries) == 1 and Path(summaries[0]["checkpoint"]).is_file()
     metrics = trainers[0].state.metrics
@@ -322,7 +322,6 @@ def test_a_students_step_is_seeded_by_that_students_seed(tiny_data, tmp_path, ma
     study = make_study(tiny_data, tmp_path / "s", method=FixMatch())
 
     def state(index):
-        torch.manual_seed(study.student_seed(0, index))
-        return study.method.iteration(0, study).generator.get_state()
+        return study.method.iteration(study.student_context(0, index)).generator.get_state()
 
     assert torch.equal(state(0), state(0)) and not torch.equal(state(0), state(1))

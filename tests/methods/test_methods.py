@@ -17,6 +17,7 @@ from monai_im.methods import (
     IMPlusPlus,
     InputEnsemble,
     NoisyStudent,
+    StudentContext,
     as_masks,
     build_method,
     method_options,
@@ -243,13 +244,15 @@ def test_consistency_loss_starts_from_the_best_model_and_brings_its_own_step():
     assert method.initial_weights(0, [best]) is None and method.initial_weights(1, [best]) is best
     assert method.has_generations and not method.makes_pseudo_labels and method.teacher_count(3) == 1
 
-    class Study:
-        def student_seed(self, g, k):
-            return 7
+    def context(generation):
+        return StudentContext(
+            generation=generation,
+            index=0,
+            seed=7,
+            new_network=lambda: torch.nn.Identity(),
+            unlabeled_loader=lambda seed: [{"image": torch.rand(2, 1, 4, 4)}],
+        )
 
-        def unlabeled_loader(self, seed):
-            return [{"image": torch.rand(2, 1, 4, 4)}]
-
-    assert method.iteration(0, Study()) is None
-    step = method.iteration(1, Study())
+    assert method.iteration(context(0)) is None
+    step = method.iteration(context(1))
     assert step is not None and step.weight == 0.5

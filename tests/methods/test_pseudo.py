@@ -110,13 +110,12 @@ def test_paper_augmentation_keeps_image_and_label_aligned():
 
 
 def test_student_seeds_of_different_studies_never_overlap():
-    from monai_im.selftrain import SelfTrainingStudy
+    from monai_im.selftrain import StudyProtocol
 
     seeds = set()
     for base in range(3):
-        study = SelfTrainingStudy.__new__(SelfTrainingStudy)
-        study.seed = base
-        seeds |= {study.student_seed(g, k) for g in range(6) for k in range(5)}
+        protocol = StudyProtocol(seed=base)
+        seeds |= {protocol.student_seed(g, k) for g in range(6) for k in range(5)}
     assert len(seeds) == 3 * 6 * 5
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from monai_im.methods.ssl_steps import CrossPseudoSupervisionIteration, MeanTeac
 from monai_im.methods.steps import ConsistencyIteration
 from monai_im.metrics import PerImageIoU
 from monai_im.networks import IMUNet
-from monai_im.selftrain import train_student
+from monai_im.selftrain import Evaluation, StudentTraining, train_student
 from monai_im.selftrain.checkpoint import (
     FORMAT_VERSION,
     LAST_CHECKPOINT,
@@ -85,8 +86,18 @@ def _setup(step_kind: str | None, seed: int = 0):
     return net, optimizer, loader, val, step
 
 
-def _train(save_dir: Path, step_kind: str | None, epochs: int = 4, handlers=()):
+def _train(save_dir: Path, step_kind: str | None, epochs: int = 4, handlers=(), lr_scheduler=None):
     net, optimizer, loader, val, step = _setup(step_kind)
+    training = StudentTraining(
+        epochs=epochs,
+        evaluation=Evaluation(
+            key_metric={"iou": PerImageIoU(output_transform=from_engine(["pred", "label"]))},
+            postprocessing=lambda d: {**d, "pred": (d["pred"] > 0).float()},
+        ),
+        handlers=handlers,
+        progress=False,
+        lr_scheduler=lr_scheduler,
+    )
     result = train_student(
         generation=0,
         index=0,
@@ -96,15 +107,37 @@ def _train(save_dir: Path, step_kind: str | None, epochs: int = 4, handlers=()):
         train_loader=loader,
         val_loader=val,
         device=torch.device("cpu"),
-        epochs=epochs,
         save_dir=save_dir,
-        key_metric={"iou": PerImageIoU(output_transform=from_engine(["pred", "label"]))},
-        postprocessing=lambda d: {**d, "pred": (d["pred"] > 0).float()},
-        extra_handlers=handlers,
-        progress=False,
+        training=training,
         iteration_update=step,
     )
     return result, net, step
+
+
+def test_the_learning_rate_schedule_resumes_where_it_stopped(tmp_path):
+    # the rate falls after every second epoch: a schedule restarted after epoch 1 would fall an epoch late
+    schedule = functools.partial(torch.optim.lr_scheduler.StepLR, step_size=2, gamma=0.1)
+    rates: dict[str, list[float]] = {"whole": [], "cut": []}
+
+    class _Rates:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def attach(self, engine) -> None:
+            engine.add_event_handler(
+                Events.EPOCH_STARTED, lambda e: rates[self.name].append(e.optimizer.param_groups[0]["lr"])
+            )
+
+    whole, whole_net, _ = _train(tmp_path / "whole", None, handlers=[_Rates("whole")], lr_scheduler=schedule)
+    with pytest.raises(Interrupted):
+        _train(tmp_path / "cut", None, handlers=[_Rates("cut"), _StopAt(2)], lr_scheduler=schedule)
+    assert load_checkpoint(tmp_path / "cut" / LAST_CHECKPOINT)["lr_scheduler"]["last_epoch"] == 1
+    resumed, resumed_net, _ = _train(tmp_path / "cut", None, handlers=[_Rates("cut")], lr_scheduler=schedule)
+    assert rates["whole"] == pytest.approx([1e-2, 1e-2, 1e-3, 1e-3])
+    # the interrupted run saw epoch 2 start, the resumed one trains epochs 2 to 4
+    assert rates["cut"] == pytest.approx(rates["whole"][:2] + rates["whole"][1:])
+    _same_weights(resumed_net, whole_net)
+    assert resumed.history == whole.history
 
 
 def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:

@@ -18,16 +18,16 @@ from monai_im.selftrain import StudentResult, StudyLayout, StudyMismatchError, d
 @pytest.fixture
 def count_training(monkeypatch) -> list[tuple[int, int]]:
     """Record the (generation, student) of every student trained."""
-    import monai_im.selftrain.study as study_mod
+    import monai_im.selftrain.generation as generation_mod
 
-    real = study_mod.train_student
+    real = generation_mod.train_student
     trained: list[tuple[int, int]] = []
 
     def counting(**kwargs):
         trained.append((kwargs["generation"], kwargs["index"]))
         return real(**kwargs)
 
-    monkeypatch.setattr(study_mod, "train_student", counting)
+    monkeypatch.setattr(generation_mod, "train_student", counting)
     return trained
 
 

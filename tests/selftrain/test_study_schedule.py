@@ -1,13 +1,10 @@
-from types import SimpleNamespace
-
 import pytest
 
-from monai_im.selftrain import SelfTrainingStudy
+from monai_im.selftrain import StudyProtocol
 
 
 def schedule(epochs, min_steps, val_interval, batches):
-    study = SimpleNamespace(epochs=epochs, min_steps=min_steps, val_interval=val_interval)
-    return SelfTrainingStudy.schedule(study, batches)
+    return StudyProtocol(epochs=epochs, min_steps=min_steps, val_interval=val_interval).schedule(batches)
 
 
 @pytest.mark.parametrize(
