@@ -295,6 +295,9 @@ class MLflowStudyHandler(MLflowRunCalls):
         key = f"generation {g}"
         metric = f"val_{study.key_metric_name}"
         metrics = {metric: summary[metric], **summary.get("test", {})}
+        # how it stands: 1 when it scored below an earlier generation on validation (the final model
+        # is the best generation's)
+        metrics.update({k: summary[k] for k in ("below_best", "best_generation_so_far") if k in summary})
         pseudo = {f"pseudo_{k}": v for k, v in (summary.get("pseudo_labels") or {}).items()}
         calls = [
             self._log(key, {**metrics, **pseudo, "training_images": summary["training_images"]}),

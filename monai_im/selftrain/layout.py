@@ -288,14 +288,21 @@ class StudyLayout:
         summary["students"] = [self._student(s).to_dict() for s in summary.get("students", [])]
         return summary
 
-    def write_results(self, study: Mapping[str, Any], summaries: Iterable[Mapping[str, Any]]) -> Path:
-        """Write ``results.json``: the study's parameters, the final model and every generation."""
+    def write_results(
+        self,
+        study: Mapping[str, Any],
+        summaries: Iterable[Mapping[str, Any]],
+        final_model: Mapping[str, Any] | None = None,
+    ) -> Path:
+        """Write ``results.json``: the study's parameters, the final model (``model``, and in
+        ``final_model`` the generation and student it came from) and every generation."""
         generations = [
             {k: v for k, v in self._stored_summary(s).items() if k != "students"} for s in summaries
         ]
-        return atomic_write_json(
-            self.results_file, {"study": dict(study), "model": self.MODEL, "generations": generations}
-        )
+        results = {"study": dict(study), "model": self.MODEL, "generations": generations}
+        if final_model is not None:
+            results["final_model"] = dict(final_model)
+        return atomic_write_json(self.results_file, results)
 
     # ------------------------------------------------------------------ the folder as a whole
     def clean_partials(self) -> list[Path]:

@@ -74,6 +74,9 @@ class StudyProtocol:
             ``"all"``: the best of every generation so far.
         concurrent_students: how many students of a generation train at the same time (1 = one after
             the other; the results do not depend on it).
+        generation_patience: end the study early when this many generations in a row score no better on
+            validation than the best generation before them (None = run every generation). The final
+            model is the best generation's either way.
     """
 
     num_students: int = 5
@@ -87,6 +90,7 @@ class StudyProtocol:
     seed: int = 42
     teacher_pool: str = "last"
     concurrent_students: int = 1
+    generation_patience: int | None = None
 
     def __post_init__(self) -> None:
         if self.eval_batch_size is None:
@@ -94,6 +98,8 @@ class StudyProtocol:
         _at_least(self, 1, "num_students", "epochs", "batch_size", "eval_batch_size", "val_interval")
         _at_least(self, 1, "concurrent_students")
         _at_least(self, 0, "num_generations", "min_steps")
+        if self.generation_patience is not None:
+            _at_least(self, 1, "generation_patience")
         if self.teacher_pool not in TEACHER_POOLS:
             raise ValueError(f"teacher_pool must be one of {TEACHER_POOLS}, got {self.teacher_pool!r}")
 

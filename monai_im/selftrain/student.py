@@ -256,7 +256,6 @@ def _run(trainer: SupervisedTrainer, checkpoint: EpochCheckpoint, training: Stud
         trainer.run()
 
 
-
 def _is_number(v: Any) -> bool:
     try:
         float(v)

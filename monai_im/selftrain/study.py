@@ -35,6 +35,7 @@ from monai_im.methods import InconsistencyMask, Method, StudentContext
 from monai_im.runtime.acceleration import RunSettings
 from monai_im.runtime.distributed import DistributedContext
 from monai_im.selftrain.events import StudyEventRegistry, StudyEvents
+from monai_im.selftrain.final import best_generation, final_model_record, mark_standing, patience_exhausted
 from monai_im.selftrain.generation import make_pseudo_labels, not_shared, run_generation, train_students
 from monai_im.selftrain.layout import StudyLayout, StudyMismatchError, study_identity
 from monai_im.selftrain.loaders import StudyLoaders
@@ -378,28 +379,43 @@ class SelfTrainingStudy(StudyEventRegistry):
         self.fire_event(StudyEvents.STUDY_STARTED)
         summaries: list[dict[str, Any]] = []
         history: list[list[StudentResult]] = []  # the students of every generation so far
+        key, patience = f"val_{self.key_metric_name}", self.protocol.generation_patience
         for g in range(self.num_generations + 1):
-            finished = dist.broadcast_object(self.layout.summary_file(g).is_file())  # rank 0 decides
-            summary = self.layout.read_summary(g) if finished else None
-            if finished and summary is None:
-                raise not_shared(self, self.layout.summary_file(g))
-            if summary is not None:
-                history.append([StudentResult.from_dict(d) for d in summary["students"]])
-                self.fire_event(StudyEvents.GENERATION_FINISHED, summary=summary, resumed=True)
-                summaries.append(summary)
-                continue
-            summary = run_generation(self, g, history)
-            self.fire_event(StudyEvents.GENERATION_FINISHED, summary=summary, resumed=False)
-            summaries.append(summary)
+            if patience_exhausted(summaries, key, self.higher_is_better, patience):
+                logger.info(
+                    f"generation_patience={patience}: no better generation in the last {patience}; stopping"
+                )
+                break
+            summary, resumed = self._generation(g, history)
+            summaries.append(dict(summary))
+            mark_standing(summaries, key, self.higher_is_better)
+            self.fire_event(StudyEvents.GENERATION_FINISHED, summary=summaries[-1], resumed=resumed)
             history.append([StudentResult.from_dict(d) for d in summary["students"]])
-        final = self.layout.model_file
         if dist.is_main:
-            atomic_write_bytes(final, Path(summaries[-1]["checkpoint"]).read_bytes())
-            self.layout.write_results(self.describe(), summaries)
-            self.fire_event(StudyEvents.STUDY_FINISHED, summaries=summaries)
-            logger.info(
-                f"study finished: results in {self.output_dir.resolve()} (results.json, generation_*/summary.json); "
-                f"best model of the last generation: {final}"
-            )
+            self._finish(summaries, key)
         dist.barrier()  # the other processes end with the study's files written
         return summaries
+
+    def _generation(self, g: int, history: list[list[StudentResult]]) -> tuple[dict[str, Any], bool]:
+        """Generation ``g``'s summary: read when an earlier run finished it (rank 0 decides), else run."""
+        finished = self.distributed.broadcast_object(self.layout.summary_file(g).is_file())
+        summary = self.layout.read_summary(g) if finished else None
+        if finished and summary is None:
+            raise not_shared(self, self.layout.summary_file(g))
+        if summary is not None:
+            return summary, True
+        return run_generation(self, g, history), False
+
+    def _finish(self, summaries: list[dict[str, Any]], key: str) -> None:
+        """The final ``model.pt`` (the best generation on validation), ``results.json`` and the report."""
+        best = summaries[best_generation(summaries, key, self.higher_is_better)]
+        final = self.layout.model_file
+        atomic_write_bytes(final, Path(best["checkpoint"]).read_bytes())
+        record = final_model_record(best, key)
+        self.layout.write_results(self.describe(), summaries, final_model=record)
+        self.fire_event(StudyEvents.STUDY_FINISHED, summaries=summaries)
+        logger.info(
+            f"study finished: results in {self.output_dir.resolve()} (results.json, generation_*/summary.json); "
+            f"final model {final}: generation {record['generation']} student {record['student']} "
+            f"({key}={record[key]:.4f}), the best on validation over all {len(summaries)} generations"
+        )
