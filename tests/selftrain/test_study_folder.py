@@ -165,6 +165,23 @@ def test_identity_check_names_the_folder_and_the_differing_fields(tmp_path):
         layout.check_identity(changed)
 
 
+@pytest.mark.parametrize("damaged", ['{"method": "im", "seed": 4', "", "[1, 2]"])
+def test_a_damaged_study_json_stops_in_one_line_and_overwrite_starts_over(tmp_path, damaged):
+    layout = StudyLayout(tmp_path)
+    layout.identity_file.write_text(damaged)
+    (tmp_path / "generation_0").mkdir()
+    partial = tmp_path / ".study.json.123.tmp"
+    partial.write_text("left over")
+    with pytest.raises(StudyMismatchError) as e:
+        layout.prepare({"method": "im"})
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(f"{layout.identity_file} is damaged (")
+    assert "--overwrite true" in msg and "another --output_dir" in msg
+    assert layout.identity_file.read_text() == damaged and partial.is_file(), "nothing written or removed"
+    layout.prepare({"method": "im"}, overwrite=True)
+    assert json.loads(layout.identity_file.read_text()) == {"method": "im"}
+
+
 # ---------------------------------------------------------------------------------------- whole studies
 def test_a_copied_study_resumes_from_its_own_files(make_study, tiny_data, tmp_path, count_training):
     original = tmp_path / "original"
