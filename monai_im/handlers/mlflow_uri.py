@@ -190,6 +190,19 @@ def _foreign_artifact_folder(location: str | None, own: str) -> bool:
     return trimmed != own and trimmed.endswith(f"/{ARTIFACT_FOLDER}")
 
 
+def _forget_artifact_repositories(run_ids: list[str]) -> None:
+    """Drop MLflow's artifact repositories of ``run_ids`` from its process-wide cache (keyed by run id alone).
+
+    A copied study folder holds the same run ids as its original; within one process, MLflow would go on
+    sending a run's artifacts wherever that run id pointed first. A new process has nothing cached.
+    """
+    with contextlib.suppress(Exception):  # a private cache of MLflow: where it is missing, nothing is cached
+        from mlflow.tracking._tracking_service import utils
+
+        for run_id in run_ids:
+            utils._artifact_repos_cache.pop(run_id, None)
+
+
 def repoint_artifacts(output_dir: str | os.PathLike) -> list[str]:
     """Make the study folder's own store keep its artifacts in the folder after the folder was copied or moved.
 
@@ -201,6 +214,8 @@ def repoint_artifacts(output_dir: str | os.PathLike) -> list[str]:
     ``runs.artifact_uri`` and ``logged_models.artifact_location`` columns (the location's prefix is
     replaced). The artifacts logged before were copied with the folder, at the same places under
     ``mlartifacts``, so the copied runs still find them. The database of the other folder is not opened.
+    MLflow's cached artifact repositories of the folder's runs are dropped, so that a run continued in the
+    same process as its original finds its artifacts here too.
 
     Args:
         output_dir: the study folder; nothing happens when it holds no ``mlflow.db``.
@@ -227,6 +242,10 @@ def repoint_artifacts(output_dir: str | os.PathLike) -> list[str]:
                         f"WHERE {column} = ? OR substr({column}, 1, ?) = ?",
                         (own, len(prefix) + 1, location, len(prefix) + 1, f"{prefix}/"),
                     )
+        run_ids = (
+            [run_id for (run_id,) in con.execute("SELECT run_uuid FROM runs")] if "runs" in tables else []
+        )
+    _forget_artifact_repositories(run_ids)
     if old:
         logger.info(f"MLflow: the study folder moved; its runs keep their artifacts in {own} (was {old[0]})")
     return old
