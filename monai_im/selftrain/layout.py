@@ -40,8 +40,9 @@ __all__ = ["StudyLayout", "StudyMismatchError", "dataset_fingerprint", "study_id
 logger = logging.getLogger("monai_im")
 
 _GENERATION = re.compile(r"generation_(\d+)")
-#: identity entries that describe the study but do not decide whether two studies are the same
-_INFORMATIVE = ("dataset.images",)
+#: identity entries that describe the study but do not decide whether two studies are the same (the
+#: dataset's display name: the dataset itself is its fingerprint)
+_INFORMATIVE = ("dataset.images", "protocol.params.dataset")
 
 
 class StudyMismatchError(ValueError):

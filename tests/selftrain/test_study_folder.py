@@ -155,6 +155,8 @@ def test_identity_check_names_the_folder_and_the_differing_fields(tmp_path):
         StudyMismatchError, match=r"with epochs=5 params\.image_size=\[32, 32\]; this run has "
     ):
         layout.check_identity(identity(epochs=6, params={"image_size": [64, 64]}))
+    # the dataset's display name is no part of what the study is (its fingerprint is)
+    layout.check_identity(identity(params={"image_size": [32, 32], "dataset": "my lesions"}))
     other_data = {"labeled": [{"image": str(tmp_path / "b.png")}], "validation": []}
     from monai_im.selftrain.layout import study_identity
 
