@@ -13,6 +13,7 @@ import pytest
 from monai_im.data import load_datalist
 from monai_im.methods import LabeledOnly
 from monai_im.selftrain import StudentResult, StudyLayout, StudyMismatchError, dataset_fingerprint
+from monai_im.selftrain.lock import LOCK_FILE
 
 
 @pytest.fixture
@@ -38,6 +39,11 @@ def _make_paths_absolute(folder: Path, original: Path) -> None:
         for d in [data, *data.get("students", [])]:
             d["checkpoint"] = str(original / d["checkpoint"])
         f.write_text(json.dumps(data))
+
+
+def _study_files(folder: Path) -> dict[Path, int]:
+    """The modification times of a study folder's files but its lock (which records who last held it)."""
+    return {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file() and p.name != LOCK_FILE}
 
 
 # ---------------------------------------------------------------------------------------- fingerprint
@@ -248,7 +254,7 @@ def test_another_study_is_refused_before_any_work_and_overwrite_starts_over(
     make_study(tiny_data, out, num_students=1, num_teachers=1).run()
     (out / "mlflow.db").write_text("not the study's")
     (out / "notes.txt").write_text("mine")
-    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    before = _study_files(out)
     count_training.clear()
 
     other = make_study(tiny_data, out, num_students=1, num_teachers=1, seed=1, method=LabeledOnly())
@@ -259,7 +265,7 @@ def test_another_study_is_refused_before_any_work_and_overwrite_starts_over(
     assert str(e.value.code).startswith(f"error: {out} holds a study with method=im seed=42;")
     assert isinstance(e.value.__cause__, StudyMismatchError)
     assert count_training == []
-    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before, "nothing touched"
+    assert _study_files(out) == before, "nothing touched"
 
     # more generations of the same study are no other study
     same = make_study(tiny_data, out, num_students=1, num_teachers=1, num_generations=3)
