@@ -23,7 +23,10 @@ Tracking never steers, stops or stalls the study:
   the store answers again (tried at most every ``retry_interval`` seconds); the study folder is the
   complete record all along. Calls the store refuses (a bad request) are skipped with a warning.
 - a study resumed after an interruption continues the same runs, and logs the finished generations
-  that had not reached the store.
+  that had not reached the store;
+- a study folder copied or moved with its own store goes on tracking into the copy: the resume state
+  names that store relative to the folder, and its artifact locations are pointed into the folder
+  (:mod:`monai_im.handlers.mlflow_uri`).
 
 The store checks, the call queue and the MLflow forms of the datalist and the bundle config live in
 :mod:`monai_im.handlers.mlflow_store`; their public names are re-exported here.
