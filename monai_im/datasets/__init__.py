@@ -7,6 +7,7 @@ loop and the methods never import it.
 
 from __future__ import annotations
 
+from monai_im.datasets.description import dataset_class_names, dataset_label, read_description
 from monai_im.datasets.flare_like import (
     FLARE22_LABELS,
     ensure_flare_like_dataset,
@@ -26,6 +27,9 @@ from monai_im.datasets.synthetic import (
 )
 
 __all__ = [
+    "dataset_class_names",
+    "dataset_label",
+    "read_description",
     "FLARE22_LABELS",
     "ensure_flare_like_dataset",
     "flare_like_sample",

@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from monai_im.handlers.mlflow_store import CallQueue, NoRunError, ensure_experiment, log_values, run_is_active
+from monai_im.handlers.mlflow_uri import ARTIFACT_FOLDER, repoint_artifacts
 from monai_im.io import atomic_write_json
 
 __all__ = ["MLflowRunCalls"]
@@ -21,12 +22,15 @@ logger = logging.getLogger("monai_im")
 class MLflowRunCalls:
     """The runs of a tracked study in an MLflow store, and the calls that create and fill them.
 
-    Attributes a subclass sets: ``tracking_uri``, ``experiment_name``, ``output_dir`` (a Path), ``tags``,
+    Attributes a subclass sets: ``tracking_uri``, ``stored_tracking_uri`` (as the resume state records it),
+    ``own_store`` (whether the store is the study folder's own), ``experiment_name``, ``output_dir`` (a Path), ``tags``,
     ``state`` (the resume state), ``state_file``, ``client`` (None until first used) and ``queue`` (the
     :class:`~monai_im.handlers.mlflow_store.CallQueue` that sends the calls).
     """
 
     tracking_uri: str
+    stored_tracking_uri: str
+    own_store: bool
     experiment_name: str
     output_dir: Path
     tags: dict[str, str]
@@ -63,10 +67,15 @@ class MLflowRunCalls:
 
     # ------------------------------------------------------------------ calls (run in queue order)
     def _call_setup(self) -> None:
-        """Find or create the experiment (model-training kind); continue the parent run if it is alive."""
+        """Find or create the experiment (model-training kind); continue the parent run if it is alive.
+
+        The study folder's own store, copied or moved with the folder, first gets its artifact locations
+        pointed into the folder (:func:`~monai_im.handlers.mlflow_uri.repoint_artifacts`)."""
+        if self.own_store:
+            repoint_artifacts(self.output_dir)
         client = self._client()
         local = urlparse(self.tracking_uri).scheme in ("sqlite", "file", "")
-        location = (self.output_dir.resolve() / "mlartifacts").as_uri() if local else None
+        location = (self.output_dir.resolve() / ARTIFACT_FOLDER).as_uri() if local else None
         exp_id = ensure_experiment(client, self.experiment_name, artifact_location=location)
         parent = self.run_id("study") if self.state.get("experiment_id") == exp_id else None
         if self._alive(parent):
@@ -77,7 +86,7 @@ class MLflowRunCalls:
             logger.info(f"MLflow: continuing run {parent} in {self.tracking_uri}")
         else:
             self.state.update(runs={}, finished=[], pseudo_logged=[])
-        self.state.update(tracking_uri=self.tracking_uri, experiment_id=exp_id, open_students=[])
+        self.state.update(tracking_uri=self.stored_tracking_uri, experiment_id=exp_id, open_students=[])
         self._save()
 
     def _call_create(
@@ -109,8 +118,12 @@ class MLflowRunCalls:
         log_values(self._client(), self._id(key), metrics, params, step, ms)
 
     def _call_artifact(self, key: str, path: str, artifact_path: str | None) -> None:
-        if Path(path).is_file():
-            self._client().log_artifact(self._id(key), str(path), artifact_path)
+        if not Path(path).is_file():
+            logger.warning(
+                f"MLflow: {path} does not exist; it is missing from the artifacts of the {key} run"
+            )
+            return
+        self._client().log_artifact(self._id(key), str(path), artifact_path)
 
     def _call_dict(self, key: str, data: Any, artifact_file: str) -> None:
         self._client().log_dict(self._id(key), data, artifact_file)

@@ -23,7 +23,10 @@ Tracking never steers, stops or stalls the study:
   the store answers again (tried at most every ``retry_interval`` seconds); the study folder is the
   complete record all along. Calls the store refuses (a bad request) are skipped with a warning.
 - a study resumed after an interruption continues the same runs, and logs the finished generations
-  that had not reached the store.
+  that had not reached the store;
+- a study folder copied or moved with its own store goes on tracking into the copy: the resume state
+  names that store relative to the folder, and its artifact locations are pointed into the folder
+  (:mod:`monai_im.handlers.mlflow_uri`).
 
 The store checks, the call queue and the MLflow forms of the datalist and the bundle config live in
 :mod:`monai_im.handlers.mlflow_store`; their public names are re-exported here.
@@ -54,7 +57,9 @@ from monai_im.handlers.mlflow_store import (
     datalist_dataset,
     find_bundle_config,
     first_line,
+    study_params,
 )
+from monai_im.handlers.mlflow_uri import own_store_uri, resolve_stored_uri, stored_uri
 from monai_im.io import load_json
 
 if TYPE_CHECKING:  # the study's type only: importing the loop is not needed to read one
@@ -92,6 +97,14 @@ def _never_raises(hook: Callable) -> Callable:
     return guarded
 
 
+def _study_file(study: SelfTrainingStudy, path: str | os.PathLike) -> Path:
+    """A file named in a summary: the path itself when it is absolute or names a file (summaries in memory
+    hold paths that work from the current folder, also under a relative ``output_dir``), else relative to
+    the study folder (as the summary files store them)."""
+    p = Path(path)
+    return p if p.is_absolute() or p.exists() else Path(study.output_dir) / p
+
+
 class MLflowStudyHandler(MLflowRunCalls):
     """Log a :class:`~monai_im.selftrain.SelfTrainingStudy` to MLflow, without ever stopping it.
 
@@ -122,6 +135,8 @@ class MLflowStudyHandler(MLflowRunCalls):
         self.output_dir = Path(output_dir)
         env_uri = os.environ.get("MLFLOW_TRACKING_URI")
         self.tracking_uri = tracking_uri or env_uri or self.default_uri(self.output_dir)
+        self.own_store = self.tracking_uri == self.default_uri(self.output_dir)
+        self.stored_tracking_uri = stored_uri(self.tracking_uri, self.output_dir)
         self.uri_hint = "unset MLFLOW_TRACKING_URI" if not tracking_uri and env_uri else "drop --tracking_uri"
         self.experiment_name = experiment_name
         self.run_name = run_name
@@ -139,7 +154,8 @@ class MLflowStudyHandler(MLflowRunCalls):
 
     @staticmethod
     def default_uri(output_dir: Path) -> str:
-        return f"sqlite:///{(Path(output_dir).resolve() / 'mlflow.db').as_posix()}"
+        """The study folder's own sqlite store (see :func:`monai_im.handlers.mlflow_uri.own_store_uri`)."""
+        return own_store_uri(output_dir)
 
     def attach(self, study: SelfTrainingStudy) -> None:
         """Check the tracking store (one line and exit if it cannot be used), then register with the study's
@@ -197,7 +213,8 @@ class MLflowStudyHandler(MLflowRunCalls):
         old = load_json(self.state_file) if self.state_file.is_file() else {}
         if getattr(study, "started_over", False):  # --overwrite: a new study gets new runs
             old = {}
-        self.state = old if old.get("tracking_uri") == self.tracking_uri and "runs" in old else {}
+        same_store = resolve_stored_uri(old.get("tracking_uri"), self.output_dir) == self.tracking_uri
+        self.state = old if same_store and "runs" in old else {}
         self.state.setdefault("runs", {})
         self.state.setdefault("finished", [])
         self.state.setdefault("pseudo_logged", [])
@@ -220,7 +237,7 @@ class MLflowStudyHandler(MLflowRunCalls):
                 )
             except Exception as e:
                 logger.warning(f"MLflow: the datalist is not logged as a dataset ({first_line(e)})")
-        desc = study.describe()
+        desc = study_params(study.describe(), datalist or {})
         name = self.run_name or str(desc.get("method"))
         self.submit(("setup",), ("create", "study", None, name, desc, True, then))
 
@@ -305,7 +322,7 @@ class MLflowStudyHandler(MLflowRunCalls):
             ("artifact", key, str(study.generation_dir(g) / "summary.json"), None),
         ]
         if self.log_checkpoints:
-            calls.append(("artifact", key, str(Path(study.output_dir) / summary["checkpoint"]), "checkpoint"))
+            calls.append(("artifact", key, str(_study_file(study, summary["checkpoint"])), "checkpoint"))
         self.submit(*calls, ("end", key, "FINISHED"), ("mark", "finished", g))
 
     @_never_raises

@@ -1,15 +1,15 @@
 """The MLflow tracking store behind :class:`~monai_im.handlers.MLflowStudyHandler`.
 
-- :func:`check_tracking_uri` ends the program with one line when a store cannot be used (a server
-  nobody answers at, a file store the installed MLflow refuses), before any training;
+- :func:`check_tracking_uri` (from :mod:`monai_im.handlers.mlflow_uri`) ends the program with one line
+  when a store cannot be used, before any training;
 - :class:`CallQueue` sends tracking calls in their order and rides out a store that is down or
   busy: the calls wait and are sent when it answers again, with MLflow's HTTP retries bounded by
   :data:`HTTP_LIMITS` so that a server that went away costs seconds, not minutes;
 - :func:`ensure_experiment`, :func:`run_is_active` and :func:`log_values` are the store operations
   the handler's calls are made of; :func:`is_transient` tells a store in trouble (send again later)
   from a call it refused (skip it);
-- :func:`datalist_dataset` and :func:`find_bundle_config` give the study's datalist and executed
-  bundle config in the form they are logged in.
+- :func:`datalist_dataset`, :func:`study_params` and :func:`find_bundle_config` give the study's datalist,
+  parameters and executed bundle config in the form they are logged in.
 
 :mod:`monai_im.handlers.mlflow_handler` re-exports the public names of this module.
 """
@@ -17,18 +17,16 @@
 from __future__ import annotations
 
 import contextlib
-import http.client
 import logging
 import os
 import time
-import urllib.error
-import urllib.request
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
+
+from monai_im.handlers.mlflow_uri import _server_problem, check_tracking_uri, first_line
 
 __all__ = [
     "http_limits",
@@ -45,6 +43,7 @@ __all__ = [
     "is_transient",
     "log_values",
     "run_is_active",
+    "study_params",
 ]
 
 logger = logging.getLogger("monai_im")
@@ -80,64 +79,6 @@ def find_bundle_config() -> dict | None:
     return find_on_stack(parser_config)
 
 
-def first_line(e: BaseException, limit: int = 200) -> str:
-    """The first line of ``e``'s message (its type name if it has none), at most ``limit`` characters."""
-    lines = str(e).strip().splitlines()
-    s = lines[0] if lines else type(e).__name__
-    return s if len(s) <= limit else s[: limit - 3] + "..."
-
-
-def _server_problem(uri: str, timeout: float) -> str | None:
-    """Why no HTTP server answers at ``uri`` (``None`` when one does, whatever its status)."""
-    try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
-            return None
-    except urllib.error.HTTPError:
-        return None  # a server answered (a login, a proxy path, ...)
-    except urllib.error.URLError as e:
-        return first_line(e.reason) if isinstance(e.reason, BaseException) else str(e.reason)
-    except (OSError, http.client.HTTPException, ValueError) as e:
-        return first_line(e)
-
-
-def check_tracking_uri(uri: str, hint: str = "drop --tracking_uri", timeout: float = 5.0) -> None:
-    """End the program with one line (``SystemExit``) when the tracking store at ``uri`` cannot be used.
-
-    A server (``http``/``https``) must answer at ``<uri>/health`` within ``timeout`` seconds; a file
-    store (``file:`` or a plain path) must be accepted by the installed MLflow, which refuses it from
-    3.x on unless ``MLFLOW_ALLOW_FILE_STORE`` is set. Database stores (``sqlite:`` ...) are not checked.
-
-    Args:
-        uri: the tracking URI.
-        hint: how the user falls back to the local sqlite store, for the message.
-        timeout: seconds to wait for a server.
-    """
-    scheme = urlparse(uri).scheme.lower()
-    if scheme in ("http", "https"):
-        problem = _server_problem(uri, timeout)
-        if problem is not None:
-            raise SystemExit(
-                f"error: MLflow tracking server {uri} is not reachable ({problem}); "
-                f"start it, or {hint} to use the local sqlite store"
-            )
-    elif scheme in ("", "file") or len(scheme) == 1:  # a path (with a drive letter on Windows)
-        import mlflow
-        from mlflow import MlflowClient
-
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                MlflowClient(uri).search_experiments(max_results=1)
-        except Exception as e:
-            path = urllib.request.url2pathname(urlparse(uri).path) if scheme == "file" else uri
-            db = Path(path).expanduser().resolve().with_suffix(".db").as_posix()
-            reason = str(e).split(". ")[0].strip().rstrip(".")
-            raise SystemExit(
-                f"error: MLflow {mlflow.__version__} cannot use the file store {uri} ({reason}); "
-                f"use a database store instead, e.g. --tracking_uri sqlite:///{db}"
-            ) from None
-
-
 def datalist_dataset(datalist: Mapping[str, Sequence[Mapping[str, Any]]], name: str = "datalist") -> Any:
     """The datalist as an MLflow dataset (``mlflow.data.from_pandas``): one row per entry.
 
@@ -171,6 +112,39 @@ def datalist_dataset(datalist: Mapping[str, Sequence[Mapping[str, Any]]], name: 
         return mlflow.data.from_pandas(
             pd.DataFrame(rows, columns=["split", "image", "label"]), source=source, name=name, targets="label"
         )
+
+
+def study_params(params: Mapping[str, Any], datalist: Mapping[str, Sequence[Any]]) -> dict[str, Any]:
+    """The study's parameters as they are logged, with ``labeled_fraction`` measured on the datalist.
+
+    ``labeled_fraction`` is the share of labeled images among the training images, ``labeled / (labeled
+    + unlabeled)``: a configured value describes the datalist only when the dataset was split with it. The
+    configured value is kept as ``requested_labeled_fraction`` when the datalist's split is the one it
+    gives (:func:`monai_im.data.split_labeled`'s count of labeled images), and is left out otherwise.
+
+    Args:
+        params: the study's parameters (``study.describe()``), maybe with a configured ``labeled_fraction``.
+        datalist: the study's datalist.
+    """
+    out = dict(params)
+    labeled, unlabeled = len(datalist.get("labeled", ())), len(datalist.get("unlabeled", ()))
+    total = labeled + unlabeled
+    if total == 0:
+        return out
+    requested = out.pop("labeled_fraction", None)
+    out["labeled_fraction"] = round(labeled / total, 4)
+    try:
+        split_with_it = min(total, max(1, round(float(requested) * total))) == labeled
+    except (TypeError, ValueError):
+        split_with_it = False
+    if split_with_it:
+        out["requested_labeled_fraction"] = requested
+    elif requested is not None:
+        logger.info(
+            f"MLflow: labeled_fraction {requested} of the config does not describe the datalist ({labeled} of "
+            f"{total} training images labeled); labeled_fraction {out['labeled_fraction']} is logged"
+        )
+    return out
 
 
 class NoRunError(Exception):

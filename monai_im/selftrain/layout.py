@@ -40,8 +40,9 @@ __all__ = ["StudyLayout", "StudyMismatchError", "dataset_fingerprint", "study_id
 logger = logging.getLogger("monai_im")
 
 _GENERATION = re.compile(r"generation_(\d+)")
-#: identity entries that describe the study but do not decide whether two studies are the same
-_INFORMATIVE = ("dataset.images",)
+#: identity entries that describe the study but do not decide whether two studies are the same (the
+#: dataset's display name: the dataset itself is its fingerprint)
+_INFORMATIVE = ("dataset.images", "protocol.params.dataset")
 
 
 class StudyMismatchError(ValueError):
@@ -339,14 +340,30 @@ class StudyLayout:
             removed.append(p)
         return removed
 
+    def _read_identity(self) -> Mapping[str, Any]:
+        """``study.json``; a file that is not a JSON object (cut short by a crash or an edit) raises a
+        :class:`StudyMismatchError` that says what to do."""
+        try:
+            old = load_json(self.identity_file)
+            if isinstance(old, Mapping):
+                return old
+            problem = f"a JSON {type(old).__name__}, not an object"
+        except (OSError, ValueError) as e:  # not JSON (load_json names the file: keep the reason only)
+            problem = str(e.__cause__ or e).splitlines()[0]
+        raise StudyMismatchError(
+            f"{self.identity_file} is damaged ({problem}), so the study this folder holds is unknown. Use "
+            "--overwrite true to start over (deletes generation_*, model.pt, results.json and study.json in "
+            "that folder), or another --output_dir"
+        )
+
     def check_identity(self, identity: Mapping[str, Any]) -> None:
-        """Raise :class:`StudyMismatchError` when ``study.json`` describes another study.
+        """Raise :class:`StudyMismatchError` when ``study.json`` describes another study, or is damaged.
 
         A folder without ``study.json`` (new, or written by an older version) passes.
         """
         if not self.identity_file.is_file():
             return
-        old = load_json(self.identity_file)
+        old = self._read_identity()
         diff = identity_differences(old, identity)
         if not diff:
             return

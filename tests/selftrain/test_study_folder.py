@@ -13,6 +13,7 @@ import pytest
 from monai_im.data import load_datalist
 from monai_im.methods import LabeledOnly
 from monai_im.selftrain import StudentResult, StudyLayout, StudyMismatchError, dataset_fingerprint
+from monai_im.selftrain.lock import LOCK_FILE
 
 
 @pytest.fixture
@@ -38,6 +39,11 @@ def _make_paths_absolute(folder: Path, original: Path) -> None:
         for d in [data, *data.get("students", [])]:
             d["checkpoint"] = str(original / d["checkpoint"])
         f.write_text(json.dumps(data))
+
+
+def _study_files(folder: Path) -> dict[Path, int]:
+    """The modification times of a study folder's files but its lock (which records who last held it)."""
+    return {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file() and p.name != LOCK_FILE}
 
 
 # ---------------------------------------------------------------------------------------- fingerprint
@@ -155,6 +161,8 @@ def test_identity_check_names_the_folder_and_the_differing_fields(tmp_path):
         StudyMismatchError, match=r"with epochs=5 params\.image_size=\[32, 32\]; this run has "
     ):
         layout.check_identity(identity(epochs=6, params={"image_size": [64, 64]}))
+    # the dataset's display name is no part of what the study is (its fingerprint is)
+    layout.check_identity(identity(params={"image_size": [32, 32], "dataset": "my lesions"}))
     other_data = {"labeled": [{"image": str(tmp_path / "b.png")}], "validation": []}
     from monai_im.selftrain.layout import study_identity
 
@@ -163,6 +171,23 @@ def test_identity_check_names_the_folder_and_the_differing_fields(tmp_path):
         StudyMismatchError, match=r"with dataset=[0-9a-f]{12}; this run has dataset=[0-9a-f]{12}\."
     ):
         layout.check_identity(changed)
+
+
+@pytest.mark.parametrize("damaged", ['{"method": "im", "seed": 4', "", "[1, 2]"])
+def test_a_damaged_study_json_stops_in_one_line_and_overwrite_starts_over(tmp_path, damaged):
+    layout = StudyLayout(tmp_path)
+    layout.identity_file.write_text(damaged)
+    (tmp_path / "generation_0").mkdir()
+    partial = tmp_path / ".study.json.123.tmp"
+    partial.write_text("left over")
+    with pytest.raises(StudyMismatchError) as e:
+        layout.prepare({"method": "im"})
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(f"{layout.identity_file} is damaged (")
+    assert "--overwrite true" in msg and "another --output_dir" in msg
+    assert layout.identity_file.read_text() == damaged and partial.is_file(), "nothing written or removed"
+    layout.prepare({"method": "im"}, overwrite=True)
+    assert json.loads(layout.identity_file.read_text()) == {"method": "im"}
 
 
 # ---------------------------------------------------------------------------------------- whole studies
@@ -229,7 +254,7 @@ def test_another_study_is_refused_before_any_work_and_overwrite_starts_over(
     make_study(tiny_data, out, num_students=1, num_teachers=1).run()
     (out / "mlflow.db").write_text("not the study's")
     (out / "notes.txt").write_text("mine")
-    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    before = _study_files(out)
     count_training.clear()
 
     other = make_study(tiny_data, out, num_students=1, num_teachers=1, seed=1, method=LabeledOnly())
@@ -240,7 +265,7 @@ def test_another_study_is_refused_before_any_work_and_overwrite_starts_over(
     assert str(e.value.code).startswith(f"error: {out} holds a study with method=im seed=42;")
     assert isinstance(e.value.__cause__, StudyMismatchError)
     assert count_training == []
-    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before, "nothing touched"
+    assert _study_files(out) == before, "nothing touched"
 
     # more generations of the same study are no other study
     same = make_study(tiny_data, out, num_students=1, num_teachers=1, num_generations=3)
