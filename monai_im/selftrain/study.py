@@ -39,6 +39,7 @@ from monai_im.selftrain.final import best_generation, final_model_record, mark_s
 from monai_im.selftrain.generation import make_pseudo_labels, not_shared, run_generation, train_students
 from monai_im.selftrain.layout import StudyLayout, StudyMismatchError, study_identity
 from monai_im.selftrain.loaders import StudyLoaders
+from monai_im.selftrain.lock import StudyLock, StudyLockedError
 from monai_im.selftrain.pseudo_label import PseudoLabeler, PseudoLabelResult
 from monai_im.selftrain.settings import (
     TEACHER_POOLS,
@@ -364,12 +365,22 @@ class SelfTrainingStudy(StudyEventRegistry):
         (``SystemExit``; its ``__cause__`` is the :class:`StudyMismatchError`), in every process of a
         distributed study: rank 0 prepares the folder, the others wait for it.
         """
+        lock = StudyLock(
+            self.output_dir
+        )  # rank 0 holds it for the whole run; the OS frees it if the process dies
+        try:
+            return self._run(lock)
+        finally:
+            lock.release()
+
+    def _run(self, lock: StudyLock) -> list[dict[str, Any]]:
         dist = self.distributed
-        error: StudyMismatchError | None = None
-        if dist.is_main:
+        error: StudyMismatchError | StudyLockedError | None = None
+        if dist.is_main:  # only rank 0 locks: the other processes of a distributed study share the folder
             try:
+                lock.acquire()  # before prepare_output_dir, whose cleanup removes a running study's partial writes
                 self.prepare_output_dir()
-            except StudyMismatchError as e:
+            except (StudyLockedError, StudyMismatchError) as e:
                 error = e
         message = dist.broadcast_object(str(error) if error is not None else None)
         if message is not None:

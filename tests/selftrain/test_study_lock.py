@@ -138,3 +138,17 @@ def test_the_lock_file_survives_cleanup_and_overwrite(tmp_path):
         assert (tmp_path / LOCK_FILE).is_file()
         with pytest.raises(StudyLockedError):
             StudyLock(tmp_path).acquire()
+
+
+def test_a_study_into_a_folder_in_use_stops_before_any_work(make_study, tiny_data, tmp_path):
+    out = tmp_path / "study"
+    partial = out / "generation_1" / ".pseudo_labels.1.partial"
+    partial.mkdir(parents=True)
+    with StudyLock(out):
+        with pytest.raises(SystemExit) as e:
+            make_study(tiny_data, out).run()
+    assert str(e.value.code).startswith(f"error: {out} is in use by another study (pid ")
+    assert isinstance(e.value.__cause__, StudyLockedError)
+    assert partial.is_dir() and not (out / "study.json").exists()
+    make_study(tiny_data, out).run()
+    assert not partial.exists() and StudyLock(out).acquire().held
