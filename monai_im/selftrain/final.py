@@ -10,9 +10,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["best_generation", "mark_standing", "patience_exhausted", "final_model_record"]
+from monai_im.io import atomic_write_bytes
+from monai_im.selftrain.events import StudyEvents
+
+if TYPE_CHECKING:
+    from monai_im.selftrain.study import SelfTrainingStudy
+
+__all__ = ["best_generation", "mark_standing", "patience_exhausted", "final_model_record", "finish_study"]
 
 logger = logging.getLogger("monai_im")
 
@@ -87,3 +94,18 @@ def final_model_record(summary: Mapping[str, Any], key: str) -> dict[str, Any]:
         "checkpoint": summary["checkpoint"],
         "rule": "best validation score over all generations",
     }
+
+
+def finish_study(study: SelfTrainingStudy, summaries: list[dict[str, Any]], key: str) -> None:
+    """The final ``model.pt`` (the best generation on validation), ``results.json`` and the report."""
+    best = summaries[best_generation(summaries, key, study.higher_is_better)]
+    final = study.layout.model_file
+    atomic_write_bytes(final, Path(best["checkpoint"]).read_bytes())
+    record = final_model_record(best, key)
+    study.layout.write_results(study.describe(), summaries, final_model=record)
+    study.fire_event(StudyEvents.STUDY_FINISHED, summaries=summaries)
+    logger.info(
+        f"study finished: results in {study.output_dir.resolve()} (results.json, generation_*/summary.json); "
+        f"final model {final}: generation {record['generation']} student {record['student']} "
+        f"({key}={record[key]:.4f}), the best on validation over all {len(summaries)} generations"
+    )

@@ -30,12 +30,11 @@ from typing import Any
 import torch
 from monai.data import DataLoader
 
-from monai_im.io import atomic_write_bytes
 from monai_im.methods import InconsistencyMask, Method, StudentContext
 from monai_im.runtime.acceleration import RunSettings
 from monai_im.runtime.distributed import DistributedContext
 from monai_im.selftrain.events import StudyEventRegistry, StudyEvents
-from monai_im.selftrain.final import best_generation, final_model_record, mark_standing, patience_exhausted
+from monai_im.selftrain.final import finish_study, mark_standing, patience_exhausted
 from monai_im.selftrain.generation import make_pseudo_labels, not_shared, run_generation, train_students
 from monai_im.selftrain.layout import StudyLayout, StudyMismatchError, study_identity
 from monai_im.selftrain.loaders import StudyLoaders
@@ -403,7 +402,7 @@ class SelfTrainingStudy(StudyEventRegistry):
             self.fire_event(StudyEvents.GENERATION_FINISHED, summary=summaries[-1], resumed=resumed)
             history.append([StudentResult.from_dict(d) for d in summary["students"]])
         if dist.is_main:
-            self._finish(summaries, key)
+            finish_study(self, summaries, key)
         dist.barrier()  # the other processes end with the study's files written
         return summaries
 
@@ -416,17 +415,3 @@ class SelfTrainingStudy(StudyEventRegistry):
         if summary is not None:
             return summary, True
         return run_generation(self, g, history), False
-
-    def _finish(self, summaries: list[dict[str, Any]], key: str) -> None:
-        """The final ``model.pt`` (the best generation on validation), ``results.json`` and the report."""
-        best = summaries[best_generation(summaries, key, self.higher_is_better)]
-        final = self.layout.model_file
-        atomic_write_bytes(final, Path(best["checkpoint"]).read_bytes())
-        record = final_model_record(best, key)
-        self.layout.write_results(self.describe(), summaries, final_model=record)
-        self.fire_event(StudyEvents.STUDY_FINISHED, summaries=summaries)
-        logger.info(
-            f"study finished: results in {self.output_dir.resolve()} (results.json, generation_*/summary.json); "
-            f"final model {final}: generation {record['generation']} student {record['student']} "
-            f"({key}={record[key]:.4f}), the best on validation over all {len(summaries)} generations"
-        )
