@@ -166,7 +166,7 @@ class FixMatch(ContinuousMethod):
         self.ssl_threshold = float(ssl_threshold)
 
     def make_iteration(self, context: StudentContext, loader: Any, seeds: list[int]) -> Callable:  # noqa: D102
-        from monai_im.methods.ssl_steps import FixMatchIteration
+        from monai_im.methods.ssl_iterations import FixMatchIteration
 
         return FixMatchIteration(
             loader,
@@ -239,7 +239,7 @@ class MeanTeacher(ContinuousMethod):
         self.ema_decay, self.ramp_up_steps = float(ema_decay), int(ramp_up_steps)
 
     def make_iteration(self, context: StudentContext, loader: Any, seeds: list[int]) -> Callable:  # noqa: D102
-        from monai_im.methods.ssl_steps import MeanTeacherIteration
+        from monai_im.methods.ssl_iterations import MeanTeacherIteration
 
         return MeanTeacherIteration(
             loader,
@@ -275,7 +275,7 @@ class CrossPseudoSupervision(ContinuousMethod):
     name = "cps"
 
     def make_iteration(self, context: StudentContext, loader: Any, seeds: list[int]) -> Callable:  # noqa: D102
-        from monai_im.methods.ssl_steps import CrossPseudoSupervisionIteration
+        from monai_im.methods.ssl_iterations import CrossPseudoSupervisionIteration
 
         return CrossPseudoSupervisionIteration(
             loader, second=_seeded_network(context, seeds[2]), **self.common(seeds[1])

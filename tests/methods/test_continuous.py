@@ -20,11 +20,13 @@ from monai_im.methods import (
     MeanTeacher,
     build_method,
 )
-from monai_im.methods.ssl_steps import (
-    LOGGED_KEYS,
+from monai_im.methods.ssl_iterations import (
     CrossPseudoSupervisionIteration,
     FixMatchIteration,
     MeanTeacherIteration,
+)
+from monai_im.methods.ssl_steps import (
+    LOGGED_KEYS,
     confidence,
     ema_update,
     ensemble_im,

@@ -13,7 +13,7 @@ from monai.handlers import CheckpointLoader, from_engine
 from monai.transforms import Compose, RandFlipd, RandGaussianNoised
 from monai.utils import set_determinism
 
-from monai_im.methods.ssl_steps import CrossPseudoSupervisionIteration, MeanTeacherIteration
+from monai_im.methods.ssl_iterations import CrossPseudoSupervisionIteration, MeanTeacherIteration
 from monai_im.methods.steps import ConsistencyIteration
 from monai_im.metrics import PerImageIoU
 from monai_im.networks import IMUNet
