@@ -105,14 +105,17 @@ def _load(path: Path, key: str) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        found = _GLOBAL.search(str(e))
-        if "Weights only load failed" in str(e):
-            what = f" ({found.group(1)})" if found else ""
+        code = _GLOBAL.search(str(e))
+        if code:
             raise SystemExit(
-                f"error: --{key} {path}: refused: it holds Python objects{what} besides weights, which "
-                "loading would run; a model.pt of a study holds weights only"
+                f"error: --{key} {path}: refused: it holds Python objects ({code.group(1)}) besides weights, "
+                "which loading would run; a model.pt of a study holds weights only"
             ) from None
-        raise SystemExit(f"error: --{key} {path}: not a PyTorch checkpoint ({e})") from None
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        detail = next(
+            (line for line in lines if line.startswith("WeightsUnpickler error")), lines[0] if lines else ""
+        )
+        raise SystemExit(f"error: --{key} {path}: not a PyTorch checkpoint ({detail})") from None
     except Exception as e:  # noqa: BLE001 - whatever a file that is no checkpoint makes the unpickler raise
         detail = f"{type(e).__name__}: {str(e).splitlines()[0]}" if str(e) else type(e).__name__
         raise SystemExit(f"error: --{key} {path}: not a PyTorch checkpoint ({detail})") from None
