@@ -94,9 +94,12 @@ def checkpoint_mismatch(weights: Mapping[str, torch.Tensor], network: torch.nn.M
         ]
         return f"{', '.join(channels)} (checkpoint vs bundle): a checkpoint of another task?"
     key = wrong[0]
+    got, own = tuple(weights[key].shape), tuple(expected[key].shape)
+    alpha = getattr(network, "alpha", None)
+    guess = f" {alpha * got[0] / own[0]:g}" if isinstance(alpha, float) and got[1:] == own[1:] else ""
     return (
-        f"{key!r} is {tuple(weights[key].shape)} in the checkpoint, {tuple(expected[key].shape)} in the "
-        f"bundle's {name}: a network of another width (--alpha)?"
+        f"{key!r} is {got} in the checkpoint, {own} in the bundle's {name}: a network of another width "
+        f"(--alpha{guess})?"
     )
 
 

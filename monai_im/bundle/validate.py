@@ -14,7 +14,10 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from pydoc import locate
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
+
+if TYPE_CHECKING:
+    from monai_im.methods.base import Method
 
 __all__ = ["SETTING_RULES", "check_unlabeled", "refuse", "validate_settings"]
 
@@ -24,7 +27,7 @@ def _show(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, default=str)
 
 
-def refuse(key: str, value: Any, problem: str) -> None:
+def refuse(key: str, value: Any, problem: str) -> NoReturn:
     """End the program with ``error: --<key> <value>: <problem>``.
 
     Raises:
@@ -110,7 +113,7 @@ def _inside(inner: str | os.PathLike, outer: str | os.PathLike) -> bool:
 
 
 def validate_settings(
-    method: Any = None,
+    method: Method | None = None,
     network: str | None = None,
     spatial_dims: int | None = None,
     **settings: Any,
@@ -169,7 +172,7 @@ def validate_settings(
 
 
 def check_unlabeled(
-    method: Any, num_generations: int, datalist: Mapping[str, Any], dataset_dir: str | os.PathLike
+    method: Method, num_generations: int, datalist: Mapping[str, Any], dataset_dir: str | os.PathLike
 ) -> None:
     """Refuse a method that pseudo-labels unlabeled images when the datalist has none.
 

@@ -174,7 +174,7 @@ def test_what_loads_and_what_does_not():
     assert checkpoint_mismatch(weights, net) is None
     assert checkpoint_mismatch(IMUNet(2, 3, 1, alpha=1.0).state_dict(), net) == (
         "'stem.conv.weight' is (16, 3, 1, 1) in the checkpoint, (8, 3, 1, 1) in the bundle's IMUNet: a network of "
-        "another width (--alpha)?"
+        "another width (--alpha 1)?"
     )
 
 
