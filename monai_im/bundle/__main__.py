@@ -1,4 +1,5 @@
-"""``python -m monai_im.bundle check <bundle folder>``: the model zoo's checks of a bundle, offline."""
+"""``python -m monai_im.bundle check|options <bundle folder>``: the model zoo's checks of a bundle, offline, and
+the list of its options."""
 
 from __future__ import annotations
 

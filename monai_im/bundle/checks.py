@@ -1,4 +1,5 @@
-"""The bundle folder's root and the model zoo's checks of a bundle, run offline."""
+"""The bundle folder's root, the model zoo's checks of a bundle run offline, and the ``python -m monai_im.bundle``
+command line."""
 
 from __future__ import annotations
 
@@ -119,13 +120,31 @@ def check_bundle(bundle_dir: str | os.PathLike, checkpoint: str | os.PathLike | 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m monai_im.bundle check <bundle folder> [--checkpoint model.pt]``."""
+    """``python -m monai_im.bundle check <bundle folder> [--checkpoint model.pt]`` and
+    ``python -m monai_im.bundle options <bundle folder> [--config inference.json ...]``."""
     parser = argparse.ArgumentParser(prog="python -m monai_im.bundle", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     check = sub.add_parser("check", help="run the model zoo's checks on a bundle folder, offline")
     check.add_argument("bundle", help="the bundle folder (holding configs/metadata.json)")
     check.add_argument("--checkpoint", help="a state dict to export (default: random weights)")
+    options = sub.add_parser("options", help="list the options of a bundle with their defaults and meanings")
+    options.add_argument("bundle", help="the bundle folder (holding configs/train.json)")
+    options.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        help="a config of the bundle merged on train.json, e.g. inference.json (repeatable)",
+    )
     args = parser.parse_args(argv)
+    if args.command == "options":
+        from monai_im.bundle.options import format_options
+
+        try:
+            print(format_options(args.bundle, args.config))
+        except (OSError, ValueError) as e:
+            print(f"error: {args.bundle}: {e}".splitlines()[0], file=sys.stderr)
+            return 1
+        return 0
     try:
         done = check_bundle(args.bundle, args.checkpoint)
     except Exception as e:  # report the failing check in one line

@@ -200,6 +200,9 @@ class IMUNet(nn.Module):
     from the bundles' configs; they stay flat, as in :mod:`monai.networks.nets`.
     """
 
+    #: every spatial size of the input must be a multiple of this (four 2x poolings)
+    divisor = 16
+
     def __init__(
         self,
         spatial_dims: int = 2,
@@ -241,7 +244,7 @@ class IMUNet(nn.Module):
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.alpha = float(alpha)
-        self.divisor = 16  # four 2x poolings
+        self.divisor = type(self).divisor  # also on the instance: TorchScript reads only those
 
         def pair(cin: int, cmid: int, cout: int) -> ConvPair:
             return ConvPair(spatial_dims, cin, cmid, cout, kernel_size, act, norm, dropout)
