@@ -33,6 +33,8 @@ __all__ = [
     "vote_count",
     "vote_mask",
     "teacher_masks",
+    "class_masks",
+    "class_index",
     "teacher_certainty",
     "class_scores",
     "gate_classes",
@@ -111,7 +113,7 @@ def vote_mask(
     return label.to(dtype), im.to(dtype)
 
 
-def _classes(x: torch.Tensor, mode: str, num_classes: int) -> torch.Tensor:
+def class_masks(x: torch.Tensor, mode: str, num_classes: int) -> torch.Tensor:
     """``(B, K, *spatial)`` boolean class masks of a hard prediction ``(B, *spatial)`` of class indices
     (multiclass: classes 1..C-1) or ``(B, C, *spatial)`` masks (binary, multilabel: every channel)."""
     if mode != "multiclass":
@@ -120,7 +122,7 @@ def _classes(x: torch.Tensor, mode: str, num_classes: int) -> torch.Tensor:
 
 
 def class_index(mode: str) -> int:
-    """The class number of the first entry of :func:`_classes`: 1 for multiclass (background excluded),
+    """The class number of the first entry of :func:`class_masks`: 1 for multiclass (background excluded),
     0 for channels of binary and multilabel masks."""
     return 1 if mode == "multiclass" else 0
 
@@ -154,12 +156,12 @@ def teacher_certainty(
     majority = math.ceil((num + 1) / 2)
     ensemble, _ = vote_mask(probs, mode, threshold, majority)
     first = class_index(mode)
-    truth = _classes(ensemble[:, 0] if mode == "multiclass" else ensemble, mode, channels)
+    truth = class_masks(ensemble[:, 0] if mode == "multiclass" else ensemble, mode, channels)
     keep = [j for j in range(truth.shape[1]) if j + first not in set(skip_classes)]
     hard = teacher_masks(probs, mode, threshold)
     per_teacher = []
     for e in range(num):  # a loop over teachers, each vectorised over the batch
-        scores = overlap_scores(_classes(hard[e], mode, channels), truth, metric, empty_score=1.0)[:, keep]
+        scores = overlap_scores(class_masks(hard[e], mode, channels), truth, metric, empty_score=1.0)[:, keep]
         if not keep:
             scores = torch.ones(truth.shape[0], 1, device=probs.device)
         per_teacher.append(scores.amin(dim=1) if reduction == "min" else scores.mean(dim=1))
@@ -178,11 +180,11 @@ def class_scores(probs: torch.Tensor, truth: torch.Tensor, mode: str, threshold:
     """
     channels = probs.shape[2]
     truth = truth.to(probs.device)
-    target = _classes(truth[:, 0].long() if mode == "multiclass" else truth, mode, channels)
+    target = class_masks(truth[:, 0].long() if mode == "multiclass" else truth, mode, channels)
     hard = teacher_masks(probs, mode, threshold)
     return torch.stack(
         [
-            overlap_scores(_classes(hard[e], mode, channels), target, "dice", empty_score=float("nan"))
+            overlap_scores(class_masks(hard[e], mode, channels), target, "dice", empty_score=float("nan"))
             for e in range(probs.shape[0])
         ]
     )
