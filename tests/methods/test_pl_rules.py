@@ -162,3 +162,52 @@ def test_class_statistics_of_a_batch_and_a_set():
         "certainty_kept_mean": 0.5,
     }
     assert class_batch(probs[:, :, :1], result, None, "binary") == ([], None)
+
+
+@pytest.mark.slow
+def test_a_tiny_3d_study_from_the_bundle_runs_with_every_rule(tmp_path, monkeypatch):
+    import json
+    from pathlib import Path
+
+    from monai.bundle import run
+
+    monkeypatch.chdir(tmp_path)
+    configs = Path(__file__).resolve().parents[2] / "bundles/flare22_im/configs"
+    out = tmp_path / "run"
+    run(
+        config_file=[str(configs / "train.json"), str(configs / "demo.json")],
+        logging_file=False,
+        dataset_dir=str(tmp_path / "data"),
+        output_dir=str(out),
+        demo_num_train=5,
+        demo_num_val=1,
+        demo_num_test=1,
+        demo_shape=[32, 32, 32],
+        labeled_fraction=0.34,
+        patch_size=[32, 32, 32],
+        epochs=1,
+        min_steps=0,
+        val_interval=1,
+        num_students=1,  # one teacher: untrained teachers disagree on every voxel, one agrees with itself
+        num_teachers=1,
+        num_generations=1,
+        min_foreground=0,
+        progress=False,
+        vote="majority",
+        case_agreement=0.0,
+        case_agreement_reduction="min",
+        case_agreement_metric="dice",
+        class_gate=0.0,  # the tiny teachers are weak in every class: a higher gate would cut out all
+    )
+    folder = out / "generation_1" / "pseudo_labels"
+    stats = json.loads((folder / "stats.json").read_text())
+    rows = json.loads((folder / "datalist.json").read_text())["pseudo_labeled"]
+    assert stats["images_kept"] == stats["unlabeled_images"] == len(rows) == 3  # certainty >= 0: all kept
+    assert all(0.0 <= r["certainty"] <= 1.0 for r in rows)
+    assert stats["certainty_mean"] == 1.0 and stats["classes_gated"] == 0 and stats["im_fraction"] == 0.0
+    organs = range(1, 14)
+    assert any(f"gate_dice_class_{c}" in stats for c in organs)
+    assert any(f"im_fraction_class_{c}" in stats for c in organs)
+    assert any(f"pl_dice_class_{c}" in stats for c in organs)  # the demo's unlabeled cases carry their truth
+    study = json.loads((out / "study.json").read_text())
+    assert "case_agreement" in json.dumps(study)
