@@ -107,6 +107,8 @@ class InconsistencyMask(Method):
         class_gate: null = off; else a class whose teachers score a Dice below this value on the validation
             images (each teacher's mean over the images, then the mean over the teachers) is left out of the
             pseudo-labels: every voxel a teacher gives it goes into the IM.
+        finetune_epochs: 0 = off; else each student of a generation >= 1 trains this many more epochs on the
+            labeled images only, from its best weights, and keeps the best checkpoint of both phases.
     """
 
     name = "im"
@@ -125,6 +127,7 @@ class InconsistencyMask(Method):
         case_agreement_metric: str = "iou",
         vote: int | str | None = None,
         class_gate: float | None = None,
+        finetune_epochs: int = 0,
     ) -> None:
         super().__init__(mode=mode, threshold=threshold)
         self.dilation = im_dilation
@@ -134,6 +137,13 @@ class InconsistencyMask(Method):
         self.rules = PseudoLabelRules(
             case_agreement, case_agreement_reduction, case_agreement_metric, vote, class_gate
         )
+        if (
+            isinstance(finetune_epochs, bool)
+            or int(finetune_epochs) != finetune_epochs
+            or finetune_epochs < 0
+        ):
+            raise ValueError(f"finetune_epochs must be a non-negative integer, got {finetune_epochs!r}")
+        self.finetune_epochs = int(finetune_epochs)
         #: the classes the class gate leaves out in this generation (see :meth:`prepare_generation`)
         self.gated_classes: tuple[int, ...] = ()
 
@@ -145,6 +155,11 @@ class InconsistencyMask(Method):
             return stats
         self.gated_classes, gate_stats = gated_classes(self, context, float(self.rules.class_gate))
         return {**stats, **gate_stats}
+
+    def finetune_items(self, generation, datalist):  # noqa: D102
+        if generation < 1 or self.finetune_epochs == 0:
+            return None
+        return [dict(it) for it in datalist["labeled"]]
 
     def _mask(self, probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The pseudo-label and IM of the teachers' vote (unanimity unless ``vote`` is set)."""
@@ -186,6 +201,7 @@ class InconsistencyMask(Method):
             "foreground_exceeds_im": self.foreground_exceeds_im,
             "max_im_fraction": self.max_im_fraction,
             **self.rules.describe(),
+            **({"finetune_epochs": self.finetune_epochs} if self.finetune_epochs else {}),
         }
 
 

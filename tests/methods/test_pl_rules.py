@@ -211,3 +211,65 @@ def test_a_tiny_3d_study_from_the_bundle_runs_with_every_rule(tmp_path, monkeypa
     assert any(f"pl_dice_class_{c}" in stats for c in organs)  # the demo's unlabeled cases carry their truth
     study = json.loads((out / "study.json").read_text())
     assert "case_agreement" in json.dumps(study)
+
+
+class _Trainings:
+    """A student handler recording each trainer's epochs, and failing once in the fine-tuning phase
+    (the study's process killed there)."""
+
+    epochs: list[int] = []
+    fail: bool = False
+
+    def attach(self, trainer) -> None:
+        from ignite.engine import Events
+
+        _Trainings.epochs.append(trainer.state.max_epochs)
+
+        @trainer.on(Events.EPOCH_COMPLETED)
+        def _stop(engine) -> None:
+            if _Trainings.fail and engine.state.max_epochs == 2 and engine.state.epoch == 2:
+                _Trainings.fail = False
+                raise KeyboardInterrupt("killed while fine-tuning")
+
+
+def _finetune_study(make_study, data, out, **kwargs):
+    method = InconsistencyMask(min_foreground=0, foreground_exceeds_im=False, finetune_epochs=2)
+    return make_study(
+        data, out, method=method, num_generations=1, epochs=1, student_handlers=[_Trainings()], **kwargs
+    )
+
+
+@pytest.mark.slow
+def test_finetuning_trains_the_students_of_later_generations_on_labeled_only_and_resumes_alone(
+    make_study, tiny_data, tmp_path
+):
+    import json
+
+    _Trainings.epochs, _Trainings.fail = [], False
+    plain = _finetune_study(make_study, tiny_data, tmp_path / "plain")
+    plain.run()
+    # generation 0 (2 students): one phase; generation 1: one epoch with pseudo-labels, then 2 labeled epochs
+    assert _Trainings.epochs == [1, 1, 1, 2, 1, 2]
+    folder = tmp_path / "plain" / "generation_1" / "student_0"
+    result = json.loads((folder / "result.json").read_text())
+    assert [row["epoch"] for row in result["history"]] == [1, 2, 3]
+    assert [row.get("finetune", 0.0) for row in result["history"]] == [0.0, 1.0, 1.0]
+    best = max(result["history"], key=lambda row: row["val_iou"])
+    assert result["best_metric"] == pytest.approx(best["val_iou"])
+    assert not (folder / "finetune").exists() and not (folder / "pretrain.json").exists()
+    assert InconsistencyMask(finetune_epochs=2).finetune_items(0, {"labeled": [{"image": "a"}]}) is None
+    assert InconsistencyMask(finetune_epochs=2).finetune_items(1, {"labeled": [{"image": "a"}]}) == [
+        {"image": "a"}
+    ]
+
+    # killed in the fine-tuning of generation 1's first student: a new run fine-tunes it again, only that
+    _Trainings.epochs, _Trainings.fail = [], True
+    with pytest.raises(KeyboardInterrupt):
+        _finetune_study(make_study, tiny_data, tmp_path / "killed").run()
+    killed = tmp_path / "killed" / "generation_1" / "student_0"
+    assert (killed / "pretrain.json").is_file() and not (killed / "result.json").exists()
+    _Trainings.epochs = []
+    _finetune_study(make_study, tiny_data, tmp_path / "killed").run()
+    assert _Trainings.epochs == [2, 1, 2]
+    resumed = json.loads((killed / "result.json").read_text())
+    assert resumed["history"] == result["history"] and resumed["best_epoch"] == result["best_epoch"]

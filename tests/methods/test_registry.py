@@ -158,7 +158,7 @@ def test_an_option_the_method_does_not_take_stops_the_bundle_before_any_work(isi
     assert last == (
         "error: --method im takes no option augmented_copies; its options: im_dilation, min_foreground, "
         "foreground_exceeds_im, max_im_fraction, case_agreement, case_agreement_reduction, "
-        "case_agreement_metric, vote, class_gate (python -m monai_im.methods im explains them)"
+        "case_agreement_metric, vote, class_gate, finetune_epochs (python -m monai_im.methods im explains them)"
     ), proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     assert not out.exists(), "nothing is written before the options are checked"
