@@ -18,6 +18,7 @@ hook                            used by
 :meth:`student_network`         Noisy Student (wider students every generation)
 :meth:`initial_weights`         Consistency Loss (starts from the best model so far)
 :meth:`iteration`               Consistency Loss, and continuous methods (their own training step)
+:meth:`finetune_items`          the IM methods' ``finetune_epochs`` (a labeled-only second phase)
 ==============================  ===============================================================
 """
 
@@ -49,6 +50,8 @@ class Method:
     runs_generations: bool | None = None
     #: random transforms appended to the training transforms in every generation (None: none)
     default_augmentation: Callable | None = None
+    #: epochs of the second training phase of a student on :meth:`finetune_items` (0: none)
+    finetune_epochs: int = 0
 
     def __init__(self, mode: str = "binary", threshold: float = 0.5) -> None:
         if mode not in IM_MODES:
@@ -123,6 +126,14 @@ class Method:
         """A custom training step for MONAI's ``SupervisedTrainer`` (``iteration_update``) of the student
         described by ``context``, or None for the standard supervised step. Everything random in the step
         is seeded from ``context.seed``."""
+        return None
+
+    def finetune_items(
+        self, generation: int, datalist: Mapping[str, Sequence[Mapping[str, Any]]]
+    ) -> list[dict[str, Any]] | None:
+        """The items a student of ``generation`` trains on for :attr:`finetune_epochs` more epochs after its
+        normal training, starting from its best weights (the best of both phases is kept); None: no second
+        phase (the default)."""
         return None
 
     def describe(self) -> dict[str, Any]:

@@ -54,12 +54,16 @@ class PseudoLabels:
         accepted: (B,) bool, which images are kept.
         score: (B,) float quality estimate of each pseudo-label in [0, 1] (EvalNet), or None. It is written
             into the pseudo-label datalist (``score``) where :meth:`Method.training_items` can use it.
+        certainty: (B,) float agreement of the teachers on each image in [0, 1] (the IM methods'
+            ``case_agreement`` rule), or None. It is written into the datalist (``certainty``) and its mean
+            into the statistics.
     """
 
     label: torch.Tensor
     im: torch.Tensor | None
     accepted: torch.Tensor
     score: torch.Tensor | None = None
+    certainty: torch.Tensor | None = None
 
 
 @dataclass

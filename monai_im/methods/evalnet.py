@@ -95,9 +95,11 @@ class QualityScored:
         return torch.cat(images), torch.cat(masks), torch.cat(targets).float()
 
     def prepare_generation(self, context: GenerationContext) -> dict[str, float]:
-        """Train the estimator with this generation's teachers; returns its validation correlation."""
+        """Train the estimator with this generation's teachers (after the preparation of the method it is
+        mixed into, e.g. IM's class gate); returns its validation correlation."""
         from monai_im.methods.quality import QualityEstimator
 
+        stats = dict(super().prepare_generation(context))  # type: ignore[misc]
         self.estimator = None
         train = self._pairs(context, "labeled")
         if train is None:
@@ -116,7 +118,10 @@ class QualityScored:
         )
         report = estimator.fit(*train, val=val)
         self.estimator = estimator
-        return {f"evalnet_{k}": float(v) for k, v in report.to_dict().items() if isinstance(v, (int, float))}
+        report_stats = {
+            f"evalnet_{k}": float(v) for k, v in report.to_dict().items() if isinstance(v, (int, float))
+        }
+        return {**stats, **report_stats}
 
     def _score(self, images: torch.Tensor, label: torch.Tensor, channels: int) -> torch.Tensor:
         if self.estimator is None:

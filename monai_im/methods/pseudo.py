@@ -7,8 +7,16 @@ from typing import Any
 
 import torch
 
-from monai_im.methods.base import Method, PseudoLabels
+from monai_im.methods.base import GenerationContext, Method, PseudoLabels
 from monai_im.methods.labeled import AugmentedLabeled, augmented_copies
+from monai_im.methods.pl_rules import (
+    PseudoLabelRules,
+    gate_classes,
+    gated_classes,
+    teacher_certainty,
+    vote_count,
+    vote_mask,
+)
 from monai_im.transforms import accept_pseudo_labels, inconsistency_mask
 
 __all__ = ["ModelEnsemble", "InputEnsemble", "InconsistencyMask", "AugmentedInconsistencyMask", "consensus"]
@@ -78,6 +86,9 @@ class InputEnsemble(ModelEnsemble):
 class InconsistencyMask(Method):
     """IM: keep what all teachers agree on, cut the disagreement out of image and pseudo-label.
 
+    The rules for weak teachers of multi-class volumes (``vote``, ``case_agreement``, ``class_gate``) are
+    off by default; see :mod:`monai_im.methods.pl_rules`.
+
     Args:
         mode: "binary", "multiclass" or "multilabel" (IM_METHOD section 1).
         threshold: foreground threshold of each teacher (binary, multilabel).
@@ -85,6 +96,19 @@ class InconsistencyMask(Method):
         min_foreground: an image is kept only with at least this many agreed foreground pixels.
         foreground_exceeds_im: the paper's rule: keep only if the agreed foreground is larger than the IM.
         max_im_fraction: also reject images whose IM covers more than this fraction.
+        case_agreement: keep a whole image only if its teacher certainty reaches this value in [0, 1]
+            (null = off): per teacher, the per-class agreement with the majority-vote label (background left
+            out, a class empty in both counts 1.0) reduced over the classes; the minimum over the teachers.
+        case_agreement_reduction: how the per-class agreements of one teacher are reduced: "mean" or "min"
+            (every class must reach case_agreement).
+        case_agreement_metric: the per-class agreement of case_agreement: "iou" or "dice".
+        vote: null = the unanimity rule; an integer k or "majority" (ceil((n + 1) / 2) of n teachers): a
+            class wins where at least k teachers vote for it, the IM is where none does.
+        class_gate: null = off; else a class whose teachers score a Dice below this value on the validation
+            images (each teacher's mean over the images, then the mean over the teachers) is left out of the
+            pseudo-labels: every voxel a teacher gives it goes into the IM.
+        finetune_epochs: 0 = off; else each student of a generation >= 1 trains this many more epochs on the
+            labeled images only, from its best weights, and keeps the best checkpoint of both phases.
     """
 
     name = "im"
@@ -98,17 +122,56 @@ class InconsistencyMask(Method):
         min_foreground: int = 1,
         foreground_exceeds_im: bool = True,
         max_im_fraction: float | None = None,
+        case_agreement: float | None = None,
+        case_agreement_reduction: str = "mean",
+        case_agreement_metric: str = "iou",
+        vote: int | str | None = None,
+        class_gate: float | None = None,
+        finetune_epochs: int = 0,
     ) -> None:
         super().__init__(mode=mode, threshold=threshold)
         self.dilation = im_dilation
         self.min_foreground = min_foreground
         self.foreground_exceeds_im = foreground_exceeds_im
         self.max_im_fraction = max_im_fraction
+        self.rules = PseudoLabelRules(
+            case_agreement, case_agreement_reduction, case_agreement_metric, vote, class_gate
+        )
+        if (
+            isinstance(finetune_epochs, bool)
+            or int(finetune_epochs) != finetune_epochs
+            or finetune_epochs < 0
+        ):
+            raise ValueError(f"finetune_epochs must be a non-negative integer, got {finetune_epochs!r}")
+        self.finetune_epochs = int(finetune_epochs)
+        #: the classes the class gate leaves out in this generation (see :meth:`prepare_generation`)
+        self.gated_classes: tuple[int, ...] = ()
+
+    def prepare_generation(self, context: GenerationContext) -> dict[str, float]:
+        """With ``class_gate``: score the teachers per class on the validation images and gate the weak
+        classes; the scores and the number of gated classes go into the pseudo-label statistics."""
+        stats = super().prepare_generation(context)
+        if self.rules.class_gate is None:
+            return stats
+        self.gated_classes, gate_stats = gated_classes(self, context, float(self.rules.class_gate))
+        return {**stats, **gate_stats}
+
+    def finetune_items(self, generation, datalist):  # noqa: D102
+        if generation < 1 or self.finetune_epochs == 0:
+            return None
+        return [dict(it) for it in datalist["labeled"]]
+
+    def _mask(self, probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pseudo-label and IM of the teachers' vote (unanimity unless ``vote`` is set)."""
+        k = vote_count(self.rules.vote, probs.shape[0])
+        if k is None:
+            return inconsistency_mask(probs, mode=self.mode, threshold=self.threshold, dilation=self.dilation)
+        return vote_mask(probs, self.mode, self.threshold, k, dilation=self.dilation)
 
     def __call__(self, probs: torch.Tensor, images: torch.Tensor | None = None) -> PseudoLabels:
-        label, im = inconsistency_mask(
-            probs, mode=self.mode, threshold=self.threshold, dilation=self.dilation
-        )
+        label, im = self._mask(probs)
+        if self.gated_classes:
+            label, im = gate_classes(probs, label, im, self.mode, self.threshold, self.gated_classes)
         accepted = accept_pseudo_labels(
             label,
             im,
@@ -117,7 +180,18 @@ class InconsistencyMask(Method):
             foreground_exceeds_im=self.foreground_exceeds_im,
             max_im_fraction=self.max_im_fraction,
         )
-        return PseudoLabels(label=label, im=im, accepted=accepted)
+        certainty = None
+        if self.rules.case_agreement is not None:
+            certainty = teacher_certainty(
+                probs,
+                self.mode,
+                self.threshold,
+                metric=self.rules.case_agreement_metric,
+                reduction=self.rules.case_agreement_reduction,
+                skip_classes=self.gated_classes,
+            )
+            accepted = accepted & (certainty >= float(self.rules.case_agreement))
+        return PseudoLabels(label=label, im=im, accepted=accepted, certainty=certainty)
 
     def describe(self) -> dict[str, Any]:  # noqa: D102
         return {
@@ -126,6 +200,8 @@ class InconsistencyMask(Method):
             "min_foreground": self.min_foreground,
             "foreground_exceeds_im": self.foreground_exceeds_im,
             "max_im_fraction": self.max_im_fraction,
+            **self.rules.describe(),
+            **({"finetune_epochs": self.finetune_epochs} if self.finetune_epochs else {}),
         }
 
 

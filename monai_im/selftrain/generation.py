@@ -9,6 +9,7 @@ the rest over the processes of a distributed study. They are the study's steps
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -23,6 +24,7 @@ from monai_im.methods.context import GenerationContext, StudentResult
 from monai_im.runtime.concurrency import run_concurrently, student_dataset
 from monai_im.selftrain.checkpoint import LAST_CHECKPOINT, EpochShuffleSampler
 from monai_im.selftrain.events import StudyEvents, replay_student
+from monai_im.selftrain.finetune import finetune_student, finish_finetuning, first_phase
 from monai_im.selftrain.pseudo_label import PseudoLabelResult
 from monai_im.selftrain.settings import StudentTraining
 from monai_im.selftrain.student import load_weights, train_student
@@ -253,16 +255,7 @@ def _student_job(
     net = study.student_network(generation)
     if start is not None:
         load_weights(net, start.checkpoint, study.device)
-    dataset = student_dataset(train_ds)
-    batch_size = study.protocol.batch_size
-    loader = DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=EpochShuffleSampler(dataset, seed),  # the same order of an epoch when resumed
-        num_workers=study.data.num_workers,
-        generator=torch.Generator().manual_seed(seed),
-        drop_last=len(dataset) > batch_size,
-    )
+    loader = _student_loader(study, train_ds, seed)
     epochs, val_interval = study.protocol.schedule(len(loader))
     optimizer = study.optimizer(net.parameters())
     iteration = study.method.iteration(study.student_context(generation, index))
@@ -278,28 +271,51 @@ def _student_job(
         lr_scheduler=study.lr_scheduler,
     )
     save_dir = study.student_dir(generation, index)
+    tuning = study.method.finetune_items(generation, study.datalist)
 
     def job() -> StudentResult:
-        result = train_student(
-            generation=generation,
-            index=index,
-            network=net,
-            optimizer=optimizer,
-            loss_function=study.loss_function,
-            train_loader=loader,
-            val_loader=study.val_loader,
-            device=study.device,
-            save_dir=save_dir,
-            training=training,
-            iteration_update=iteration,
-        )
+        result = first_phase(save_dir) if tuning is not None else None
+        if result is None:
+            result = train_student(
+                generation=generation,
+                index=index,
+                network=net,
+                optimizer=optimizer,
+                loss_function=study.loss_function,
+                train_loader=loader,
+                val_loader=study.val_loader,
+                device=study.device,
+                save_dir=save_dir,
+                training=training,
+                iteration_update=iteration,
+            )
+        if tuning is not None:
+            make_loader = functools.partial(_student_loader, study, seed=seed)
+            result = finetune_student(study, result, net, tuning, training, make_loader)
         study.layout.write_student(result)
         # the result is stored: the epoch checkpoint it resumed from is no longer needed
         (save_dir / LAST_CHECKPOINT).unlink(missing_ok=True)
+        if tuning is not None:
+            finish_finetuning(save_dir)
         study.fire_event(StudyEvents.STUDENT_FINISHED, result=result, resumed=False)
         return result
 
     return job
+
+
+def _student_loader(study: SelfTrainingStudy, train_ds: Any, seed: int) -> DataLoader:
+    """A student's loader of ``train_ds``: its own copy of the random transforms, seeded by the loader, and
+    an epoch order that is a function of ``(seed, epoch)``."""
+    dataset = student_dataset(train_ds)
+    batch_size = study.protocol.batch_size
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=EpochShuffleSampler(dataset, seed),  # the same order of an epoch when resumed
+        num_workers=study.data.num_workers,
+        generator=torch.Generator().manual_seed(seed),
+        drop_last=len(dataset) > batch_size,
+    )
 
 
 class _StudentHook:

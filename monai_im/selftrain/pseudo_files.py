@@ -148,6 +148,7 @@ class PassWriter:
         if self.save_masked_images:
             imgs = masked_images(images, result.im, idx, self.fill_value).float().cpu().numpy()
         score = result.score[idx].float().cpu().tolist() if result.score is not None else None
+        certainty = result.certainty[idx].float().cpu().tolist() if result.certainty is not None else None
         files, pool, root = self.files, self.writers, self.tmp
         futures = []
         for j, i in enumerate(idx):
@@ -170,5 +171,7 @@ class PassWriter:
                 )
             if score is not None:
                 entry["score"] = round(float(score[j]), 6)
+            if certainty is not None:
+                entry["certainty"] = round(float(certainty[j]), 6)
             rows.append(entry)
         return futures

@@ -32,6 +32,7 @@ from monai_im.methods import Method
 from monai_im.runtime.acceleration import RunSettings
 from monai_im.runtime.concurrency import prefetch
 from monai_im.runtime.progress import progress_bar
+from monai_im.selftrain.pseudo_classes import record_classes
 from monai_im.selftrain.pseudo_files import PassWriter, batch_affines, figure_sample, item_uid
 from monai_im.selftrain.pseudo_result import (
     FigureSample,
@@ -332,7 +333,7 @@ class PseudoLabeler:
             for batch, affines, images in bar:  # affines: where each preprocessed volume lies
                 images = images.to(self.device)
                 logits = self.method.predict(teachers, images, self.inferer)
-                truth = batch.get("label") if self.method.mode != "multiclass" else None
+                truth = batch.get("label")
                 if previous is not None:
                     previous.result()  # raises what went wrong in the previous batch
                 previous = post.submit(self._post, run, part, start, images, logits, truth, affines)
@@ -373,9 +374,10 @@ class PseudoLabeler:
         part.batches.append((n, int(accepted.sum()), float(im_frac.sum()), float(im_frac[accepted].sum())))
         if result.score is not None:
             part.scores.append(torch.stack([result.score.float(), accepted.float()]).cpu())
-        if truth is not None:
-            truth = convert_to_tensor(truth, track_meta=False).to(self.device) > 0
-            iou = agreement(result.label > 0, truth, im)
+        truth = convert_to_tensor(truth, track_meta=False).to(self.device) if truth is not None else None
+        record_classes(part, probs, result, truth, self.method.mode)
+        if truth is not None and self.method.mode != "multiclass":  # foreground IoU of masks
+            iou = agreement(result.label > 0, truth > 0, im)
             part.quality.extend(iou.tolist())
             part.quality_kept.extend(iou[accepted].tolist())
         if part.figure is None and run.draw_figure:

@@ -15,6 +15,7 @@ import torch
 from monai_im.data.datalist import write_datalist
 from monai_im.io import atomic_write_json, load_json
 from monai_im.metrics.functional import overlap_scores
+from monai_im.selftrain.pseudo_classes import class_set_stats
 
 __all__ = ["FigureSample", "PseudoLabelResult", "LabelledRun", "agreement", "finish_set", "relative_row"]
 
@@ -100,6 +101,13 @@ class LabelledRun:
     quality: list[float] = field(default_factory=list)
     quality_kept: list[float] = field(default_factory=list)
     scores: list[torch.Tensor] = field(default_factory=list)
+    #: per batch: the teachers' certainty of each image and whether it was kept, ``(2, B)``
+    certainty: list[torch.Tensor] = field(default_factory=list)
+    #: per batch: the per-class voxel counts, and per image: the per-class Dice (multiclass, see
+    #: :mod:`monai_im.selftrain.pseudo_classes`)
+    class_voxels: list[list[int]] = field(default_factory=list)
+    class_dice: list[list[float]] = field(default_factory=list)
+    class_dice_kept: list[list[float]] = field(default_factory=list)
     figure: FigureSample | None = None
     figure_path: Path | None = None
 
@@ -174,6 +182,7 @@ def finish_set(tmp: Path, part: LabelledRun, extra_stats: Mapping[str, float] | 
         totals["im_fraction_sum"] += im_sum
         totals["im_fraction_kept_sum"] += im_kept_sum
     stats = {**_stats(totals, part.quality, part.quality_kept), **_score_stats(part.scores)}
+    stats.update(class_set_stats(part.class_voxels, part.class_dice, part.class_dice_kept, part.certainty))
     stats.update({k: float(v) for k, v in (extra_stats or {}).items()})
     write_datalist(tmp / "datalist.json", {"pseudo_labeled": [relative_row(it, tmp) for it in part.rows]})
     atomic_write_json(tmp / "stats.json", stats)

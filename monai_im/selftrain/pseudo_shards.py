@@ -28,7 +28,8 @@ def shard_folder(output_dir: str | os.PathLike, rank: int) -> Path:
 
 def write_shard_record(tmp: Path, start: int, stop: int, part: LabelledRun) -> None:
     """``shard.json`` of the shard ``items[start:stop]`` being written in ``tmp``: its rows (paths relative
-    to the shard) and raw statistics (per-batch totals, per-image agreements and scores)."""
+    to the shard) and raw statistics (per-batch totals, per-image agreements, scores and certainties, the
+    per-class counts and Dice)."""
     record = {
         "start": start,
         "stop": stop,
@@ -37,6 +38,10 @@ def write_shard_record(tmp: Path, start: int, stop: int, part: LabelledRun) -> N
         "quality": part.quality,
         "quality_kept": part.quality_kept,
         "scores": [s.tolist() for s in part.scores],
+        "certainty": [c.tolist() for c in part.certainty],
+        "class_voxels": part.class_voxels,
+        "class_dice": part.class_dice,
+        "class_dice_kept": part.class_dice_kept,
     }
     atomic_write_json(tmp / SHARD_FILE, record)
 
@@ -89,4 +94,8 @@ def merge_shard_files(
         part.quality += record["quality"]
         part.quality_kept += record["quality_kept"]
         part.scores += [torch.tensor(s, dtype=torch.float32) for s in record["scores"]]
+        part.certainty += [torch.tensor(c, dtype=torch.float32) for c in record.get("certainty", [])]
+        part.class_voxels += record.get("class_voxels", [])
+        part.class_dice += record.get("class_dice", [])
+        part.class_dice_kept += record.get("class_dice_kept", [])
     return part

@@ -157,7 +157,8 @@ def test_an_option_the_method_does_not_take_stops_the_bundle_before_any_work(isi
     last = proc.stderr.strip().splitlines()[-1]
     assert last == (
         "error: --method im takes no option augmented_copies; its options: im_dilation, min_foreground, "
-        "foreground_exceeds_im, max_im_fraction (python -m monai_im.methods im explains them)"
+        "foreground_exceeds_im, max_im_fraction, case_agreement, case_agreement_reduction, "
+        "case_agreement_metric, vote, class_gate, finetune_epochs (python -m monai_im.methods im explains them)"
     ), proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     assert not out.exists(), "nothing is written before the options are checked"
