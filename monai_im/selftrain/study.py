@@ -34,6 +34,7 @@ from monai_im.io import atomic_write_bytes
 from monai_im.methods import InconsistencyMask, Method, StudentContext
 from monai_im.runtime.acceleration import RunSettings
 from monai_im.runtime.distributed import DistributedContext
+from monai_im.selftrain.degeneration import check_ensemble
 from monai_im.selftrain.events import StudyEventRegistry, StudyEvents
 from monai_im.selftrain.final import best_generation, final_model_record, mark_standing, patience_exhausted
 from monai_im.selftrain.generation import make_pseudo_labels, not_shared, run_generation, train_students
@@ -182,6 +183,7 @@ class SelfTrainingStudy(StudyEventRegistry):
                 logger.info(f"method '{self.method.name}' has no later generations: only generation 0 runs")
             return
         self.protocol.check_teachers()
+        check_ensemble(self.method, self.protocol.num_teachers, self.protocol.num_generations)
         if self.protocol.num_generations > 0 and not self.data.datalist.get("unlabeled"):
             raise ValueError("the datalist has no 'unlabeled' images to pseudo-label")
 
