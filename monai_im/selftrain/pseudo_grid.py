@@ -1,34 +1,31 @@
 """The grid of a volume's pseudo-label files: that of its source image.
 
 The teachers label a volume on the grid the preprocessing made of it (reoriented, resampled to the
-training spacing). Its pseudo-label and IM are written back on the source image's own grid (its shape and
-affine), through MONAI's ``Invertd`` of that preprocessing with nearest-neighbour interpolation, as the
-FLARE bundle's inference writes its masks: a pseudo-label file opens as a segmentation of its source image
-(ITK-SNAP, 3D Slicer), and the next generation's training transforms read it like a ground-truth label,
-resampling image and label together from their files.
+training spacing). Its pseudo-label and IM are written back on the source image's own grid (the shape and
+affine the reader found in its file, which MONAI keeps in the volume's metadata as ``spatial_shape`` and
+``original_affine``), resampled through scanner coordinates with nearest-neighbour interpolation: what the
+``Invertd`` of the FLARE bundle's inference does to its masks, without inverting the transforms
+themselves, which the reading thread goes on using. A pseudo-label file then opens as a segmentation of its
+source image (ITK-SNAP, 3D Slicer), and the next generation's training transforms read it like a
+ground-truth label, resampling image and label together from their files.
 
 Images (2D) have no such metadata in the batch and are written as the teachers saw them.
 """
 
 from __future__ import annotations
 
-import copy
-import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from monai.data import MetaTensor, decollate_batch
-from monai.transforms import Invertd
+from monai.transforms import SpatialResample
+from monai.utils import convert_to_tensor
 
 from monai_im.selftrain.pseudo_files import batch_affines
 
 __all__ = ["SourceGrid", "batch_volumes"]
-
-logger = logging.getLogger("monai_im")
-
-_KEY = "written"  # the key of an array being inverted, beside the volume's own "image"
 
 
 def batch_volumes(images: Any) -> list[MetaTensor] | None:
@@ -40,57 +37,52 @@ def batch_volumes(images: Any) -> list[MetaTensor] | None:
 
 
 class SourceGrid:
-    """Maps arrays on a preprocessed volume's grid onto its source image's grid.
+    """Maps arrays on a preprocessed volume's grid onto its source image's grid (used by one thread)."""
 
-    Args:
-        transform: the dictionary transforms that made the volumes (key ``image``), as given to the
-            pseudo-labeler; a copy of it is inverted (the reading thread goes on using the original).
-    """
+    def __init__(self) -> None:
+        self._nearest = SpatialResample(mode="nearest", padding_mode="zeros")
+        self._linear = SpatialResample(mode="bilinear", padding_mode="zeros")
 
-    def __init__(self, transform: Callable) -> None:
-        self._transform = transform
-        self._inverters: dict[bool, Invertd] = {}
-        self._failed = False
-
-    def _inverter(self, nearest: bool) -> Invertd:
-        if not self._inverters:
-            own = copy.deepcopy(self._transform)
-            for mode in (True, False):
-                self._inverters[mode] = Invertd(
-                    keys=_KEY, transform=own, orig_keys="image", nearest_interp=mode, to_tensor=True
-                )
-        return self._inverters[nearest]
+    @staticmethod
+    def source_of(volume: MetaTensor) -> tuple[np.ndarray, tuple[int, ...]] | None:
+        """The affine and spatial shape of the file ``volume`` was read from, or None when its metadata
+        does not say."""
+        affine, shape = volume.meta.get("original_affine"), volume.meta.get("spatial_shape")
+        if affine is None or shape is None:
+            return None
+        affine = np.asarray(convert_to_tensor(affine, track_meta=False).cpu(), dtype=np.float64)
+        shape = tuple(int(v) for v in np.asarray(convert_to_tensor(shape, track_meta=False).cpu()).ravel())
+        if affine.shape != (4, 4) or len(shape) != 3:
+            return None
+        return affine, shape
 
     def __call__(
         self, volume: MetaTensor, arrays: Sequence[np.ndarray], nearest: bool = True
     ) -> tuple[list[np.ndarray], np.ndarray]:
         """``arrays`` (each ``(C, *spatial)`` on the grid of ``volume``) on the source image's grid, and
-        that grid's affine.
+        that grid's affine; where the source's grid is unknown, the arrays as they are with their grid's.
 
         Args:
             volume: one preprocessed volume of the batch (:func:`batch_volumes`).
             arrays: label maps, masks or images on its grid.
-            nearest: nearest-neighbour interpolation (labels and masks); False: the transforms' own modes.
+            nearest: nearest-neighbour interpolation (labels and masks); False: linear (images).
 
-        A volume whose preprocessing changed no geometry is already on its source grid. When the
-        preprocessing cannot be inverted, the arrays stay on the preprocessed grid with its affine (where
-        they align in world coordinates), with one warning per pass.
+        Source voxels outside the preprocessed volume (a cropping preprocessing) are 0.
         """
         affine = np.asarray(volume.affine, dtype=np.float64)
-        if not volume.applied_operations or self._failed:
+        source = self.source_of(volume)
+        if source is None:
             return list(arrays), affine
-        out, source_affine = [], affine
-        try:
-            for array in arrays:
-                data = {"image": volume, _KEY: MetaTensor(torch.as_tensor(array))}
-                inverted = self._inverter(nearest)(data)[_KEY]
-                out.append(inverted.numpy())
-                source_affine = np.asarray(inverted.affine, dtype=np.float64)
-        except (RuntimeError, ValueError, KeyError, TypeError, NotImplementedError) as error:
-            self._failed = True
-            logger.warning(
-                f"the pseudo-labelling transforms cannot be inverted ({type(error).__name__}: {error}); "
-                "volumes' pseudo-labels are written on the preprocessed grid instead of their source images'"
+        source_affine, shape = source
+        if shape == tuple(volume.shape[1:]) and np.allclose(affine, source_affine, atol=1e-6):
+            return list(arrays), source_affine
+        resample = self._nearest if nearest else self._linear
+        out = []
+        for array in arrays:
+            moved = resample(
+                MetaTensor(torch.as_tensor(array), affine=torch.as_tensor(affine)),
+                dst_affine=torch.as_tensor(source_affine),
+                spatial_size=shape,
             )
-            return list(arrays), affine
+            out.append(np.asarray(convert_to_tensor(moved, track_meta=False), dtype=np.float32))
         return out, source_affine

@@ -328,7 +328,7 @@ class PseudoLabeler:
                 fill_value=settings.fill_value,
                 image_scale=settings.image_scale,
                 save_masked_images=settings.save_masked_images,
-                grid=SourceGrid(transform),
+                grid=SourceGrid(),
             )
             previous: Future | None = None
             for batch, volumes, images in bar:  # volumes: each with its affine and transforms, or None
