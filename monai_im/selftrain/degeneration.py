@@ -50,21 +50,31 @@ def makes_im(method: Method) -> bool:
     return isinstance(method, InconsistencyMask)
 
 
-def check_ensemble(method: Method, num_teachers: int, num_generations: int) -> None:
-    """Refuse, with a one-line ``ValueError``, a study whose IM would come from a single teacher.
+def check_ensemble(
+    method: Method, num_teachers: int, num_generations: int, exit_on_error: bool = False
+) -> None:
+    """Refuse, in one line, a study whose IM would come from a single teacher.
 
     Args:
         method: the study's method.
         num_teachers: the study's ``num_teachers`` (the method takes :meth:`Method.teacher_count` of them).
         num_generations: generations after generation 0; with none, no IM is ever made.
+        exit_on_error: end the program with the message (``SystemExit``, ``error: ...``), as
+            :meth:`monai_im.selftrain.SelfTrainingStudy.run` does before any work, instead of raising.
+
+    Raises:
+        ValueError: an IM method with fewer than 2 teachers and later generations.
     """
     if num_generations < 1 or not makes_im(method) or method.teacher_count(num_teachers) >= 2:
         return
-    raise ValueError(
+    message = (
         f"--method {method.name} needs at least 2 teachers, got num_teachers {num_teachers}: a single "
         "teacher agrees with itself everywhere, so its Inconsistency Mask is empty; set --num_teachers 2 "
         "(with --num_students 2 or more), or --num_generations 0 for generation 0 alone"
     )
+    if exit_on_error:
+        raise SystemExit(f"error: {message}")
+    raise ValueError(message)
 
 
 def degeneration_flags(stats: Mapping[str, Any], max_im_warning: float | None) -> dict[str, float]:

@@ -183,7 +183,6 @@ class SelfTrainingStudy(StudyEventRegistry):
                 logger.info(f"method '{self.method.name}' has no later generations: only generation 0 runs")
             return
         self.protocol.check_teachers()
-        check_ensemble(self.method, self.protocol.num_teachers, self.protocol.num_generations)
         if self.protocol.num_generations > 0 and not self.data.datalist.get("unlabeled"):
             raise ValueError("the datalist has no 'unlabeled' images to pseudo-label")
 
@@ -364,8 +363,10 @@ class SelfTrainingStudy(StudyEventRegistry):
 
         A folder holding another study stops the run before any work with a one-line message
         (``SystemExit``; its ``__cause__`` is the :class:`StudyMismatchError`), in every process of a
-        distributed study: rank 0 prepares the folder, the others wait for it.
+        distributed study: rank 0 prepares the folder, the others wait for it. So does an Inconsistency
+        Mask of a single teacher (:func:`monai_im.selftrain.degeneration.check_ensemble`).
         """
+        check_ensemble(self.method, self.protocol.num_teachers, self.num_generations, exit_on_error=True)
         dist = self.distributed
         error: StudyMismatchError | None = None
         if dist.is_main:

@@ -62,10 +62,12 @@ def test_an_im_of_one_teacher_is_refused_and_other_ensembles_are_not():
 
 
 def test_a_study_refuses_an_im_of_one_teacher_before_any_work(make_study, tiny_data, tmp_path):
-    with pytest.raises(ValueError, match=r"^--method im needs at least 2 teachers"):
-        make_study(tiny_data, tmp_path / "s", num_teachers=1, num_generations=1)
-    assert not (tmp_path / "s").exists()
-    make_study(tiny_data, tmp_path / "g0", num_teachers=1, num_generations=0)
+    study = make_study(tiny_data, tmp_path / "s", num_teachers=1, num_generations=1)
+    with pytest.raises(SystemExit) as e:
+        study.run()
+    assert str(e.value.code).startswith("error: --method im needs at least 2 teachers, got num_teachers 1")
+    assert "\n" not in str(e.value.code)
+    assert not (tmp_path / "s").exists(), "refused before any work"
 
 
 def test_max_im_warning_is_checked():
