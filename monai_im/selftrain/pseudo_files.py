@@ -190,7 +190,8 @@ class PassWriter:
         imgs: np.ndarray | None,
     ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray | None]:
         """Accepted image ``j``'s label, IM and masked image, and the affine to write them with: a volume's on
-        its source image's grid (labels and IM by nearest neighbour); an image's as they are, without one."""
+        its source image's grid (labels and IM by nearest neighbour; source voxels the teachers never saw are
+        background in the label and inside the IM); an image's as they are, without one."""
         label = labels[j]
         im = ims[j] if ims is not None else None
         img = imgs[j] if imgs is not None else None
@@ -198,7 +199,9 @@ class PassWriter:
             return label, im, img, None
         if self.grid is None:  # on the preprocessed grid, where they align in world coordinates
             return label, im, img, np.asarray(volume.affine, dtype=np.float64)
-        masks, affine = self.grid(volume, [label] if im is None else [label, im])
+        (label,), affine = self.grid(volume, [label])
+        if im is not None:  # voxels the teachers never saw are inside the IM
+            im = self.grid(volume, [im], outside=1.0)[0][0]
         if img is not None:
             img = self.grid(volume, [img], nearest=False)[0][0]
-        return masks[0], masks[1] if im is not None else None, img, affine
+        return label, im, img, affine

@@ -57,7 +57,7 @@ class SourceGrid:
         return affine, shape
 
     def __call__(
-        self, volume: MetaTensor, arrays: Sequence[np.ndarray], nearest: bool = True
+        self, volume: MetaTensor, arrays: Sequence[np.ndarray], nearest: bool = True, outside: float = 0.0
     ) -> tuple[list[np.ndarray], np.ndarray]:
         """``arrays`` (each ``(C, *spatial)`` on the grid of ``volume``) on the source image's grid, and
         that grid's affine; where the source's grid is unknown, the arrays as they are with their grid's.
@@ -66,8 +66,9 @@ class SourceGrid:
             volume: one preprocessed volume of the batch (:func:`batch_volumes`).
             arrays: label maps, masks or images on its grid.
             nearest: nearest-neighbour interpolation (labels and masks); False: linear (images).
-
-        Source voxels outside the preprocessed volume (a cropping preprocessing) are 0.
+            outside: the value of source voxels the preprocessed volume does not reach (a cropping
+                preprocessing, the rim of a resampled one): 0 for labels, 1 for an IM (voxels no teacher
+                saw are left out like those they disagree on).
         """
         affine = np.asarray(volume.affine, dtype=np.float64)
         source = self.source_of(volume)
@@ -79,10 +80,10 @@ class SourceGrid:
         resample = self._nearest if nearest else self._linear
         out = []
         for array in arrays:
-            moved = resample(
-                MetaTensor(torch.as_tensor(array), affine=torch.as_tensor(affine)),
+            moved = resample(  # zero padding: resample (outside - array) and take it back from outside
+                MetaTensor(torch.as_tensor(outside - array), affine=torch.as_tensor(affine)),
                 dst_affine=torch.as_tensor(source_affine),
                 spatial_size=shape,
             )
-            out.append(np.asarray(convert_to_tensor(moved, track_meta=False), dtype=np.float32))
+            out.append(outside - np.asarray(convert_to_tensor(moved, track_meta=False), dtype=np.float32))
         return out, source_affine

@@ -223,3 +223,37 @@ def test_a_3d_study_writes_pseudo_labels_on_each_source_grid_and_trains_on_them(
     # generation 1 trained on the 2 labeled volumes and the 2 pseudo-labeled ones
     assert summaries[1]["training_images"] == 4
     assert all(Path(s["checkpoint"]).is_file() for s in summaries[1]["students"])
+
+
+def test_source_grid_maps_back_through_scanner_coordinates_and_fills_what_the_teachers_never_saw():
+    from monai.data import MetaTensor
+
+    from monai_im.selftrain.pseudo_grid import SourceGrid
+
+    # the source: 8 x 8 x 4 voxels of 1 mm; the teachers saw voxels 2..5 x 2..5 x 0..3 of it at 2 mm
+    source_affine = np.eye(4)
+    seen = np.diag([2.0, 2.0, 1.0, 1.0])
+    seen[:3, 3] = [2.5, 2.5, 0.0]  # the centre of a 2 mm voxel covering source voxels 2 and 3
+    volume = MetaTensor(
+        torch.zeros(1, 2, 2, 4),
+        affine=torch.as_tensor(seen),
+        meta={"original_affine": source_affine, "spatial_shape": np.array([8, 8, 4])},
+    )
+    label = np.zeros((1, 2, 2, 4), np.float32)
+    label[0, 1, 0] = 2  # the second 2 mm voxel along x: source x 4..5, y 2..3
+    im = np.zeros((1, 2, 2, 4), np.float32)
+    grid = SourceGrid()
+    (on_source,), affine = grid(volume, [label])
+    (im_on_source,), _ = grid(volume, [im], outside=1.0)
+    np.testing.assert_allclose(affine, source_affine)
+    assert on_source.shape == im_on_source.shape == (1, 8, 8, 4)
+    expected = np.zeros((8, 8, 4), np.float32)
+    expected[4:6, 2:4] = 2
+    np.testing.assert_array_equal(on_source[0], expected)
+    inside = np.zeros((8, 8, 4), bool)
+    inside[2:6, 2:6] = True
+    np.testing.assert_array_equal(im_on_source[0], np.where(inside, 0.0, 1.0))  # never seen: in the IM
+    # a volume already on its source grid, or without one, is written as it is
+    plain = MetaTensor(torch.zeros(1, 2, 2, 4), affine=torch.as_tensor(seen))
+    (same,), kept = grid(plain, [label])
+    assert same is label and np.allclose(kept, seen)
