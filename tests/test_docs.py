@@ -33,7 +33,10 @@ def test_the_methods_page_covers_every_bundle_and_starts_with_the_guide():
     assert len(guide.splitlines()) <= 60, "the guide fits one screen"
     for bundle in BUNDLES:
         default = json.loads(_text(f"bundles/{bundle}/configs/train.json"))["method"]
-        assert re.search(rf"^\| {bundle} [^|]*\| `{default}` \|", guide, flags=re.MULTILINE), (bundle, default)
+        assert re.search(rf"^\| {bundle} [^|]*\| `{default}` \|", guide, flags=re.MULTILINE), (
+            bundle,
+            default,
+        )
 
 
 @pytest.mark.parametrize("bundle", BUNDLES)
