@@ -49,6 +49,9 @@ class Method:
     runs_generations: bool | None = None
     #: random transforms appended to the training transforms in every generation (None: none)
     default_augmentation: Callable | None = None
+    #: the fewest teachers (:meth:`teacher_count`) whose pseudo-labels mean anything: an Inconsistency Mask
+    #: is where teachers disagree, and one teacher agrees with itself everywhere
+    min_teachers: int = 1
 
     def __init__(self, mode: str = "binary", threshold: float = 0.5) -> None:
         if mode not in IM_MODES:

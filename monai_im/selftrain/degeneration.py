@@ -2,8 +2,8 @@
 generation that keeps no pseudo-label or whose Inconsistency Mask covers most of the unlabeled pixels.
 
 A study refuses, before any work, a method that makes an Inconsistency Mask with a single teacher
-(:func:`check_ensemble`): one network agrees with itself everywhere, its IM is empty and the result would
-not be IM at all. After every pseudo-labelling pass :func:`report_degeneration` compares the set's
+(:func:`check_ensemble`, :attr:`monai_im.methods.Method.min_teachers`): one network agrees with itself
+everywhere, its IM is empty and the result would not be IM at all. After every pseudo-labelling pass :func:`report_degeneration` compares the set's
 statistics with the study's limits; each finding is a warning of the ``monai_im`` logger and a flag in
 the pseudo-label statistics (``summary.json`` of the generation; MLflow logs it as ``pseudo_<flag>``):
 
@@ -23,13 +23,12 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from monai_im.methods import InconsistencyMask, Method
+from monai_im.methods import Method
 
 __all__ = [
     "DEFAULT_MAX_IM_WARNING",
     "NO_KEPT",
     "IM_FRACTION",
-    "makes_im",
     "check_ensemble",
     "degeneration_flags",
     "report_degeneration",
@@ -45,32 +44,30 @@ NO_KEPT = "degenerate_no_kept"
 IM_FRACTION = "degenerate_im_fraction"
 
 
-def makes_im(method: Method) -> bool:
-    """Whether ``method`` cuts an Inconsistency Mask of its teachers out of its pseudo-labels."""
-    return isinstance(method, InconsistencyMask)
-
-
 def check_ensemble(
     method: Method, num_teachers: int, num_generations: int, exit_on_error: bool = False
 ) -> None:
-    """Refuse, in one line, a study whose IM would come from a single teacher.
+    """Refuse, in one line, a study whose method gets fewer teachers than it needs
+    (:attr:`Method.min_teachers`: 2 for the methods that make an IM).
 
     Args:
         method: the study's method.
         num_teachers: the study's ``num_teachers`` (the method takes :meth:`Method.teacher_count` of them).
-        num_generations: generations after generation 0; with none, no IM is ever made.
+        num_generations: generations after generation 0; with none, no teacher is ever used.
         exit_on_error: end the program with the message (``SystemExit``, ``error: ...``), as
             :meth:`monai_im.selftrain.SelfTrainingStudy.run` does before any work, instead of raising.
 
     Raises:
-        ValueError: an IM method with fewer than 2 teachers and later generations.
+        ValueError: too few teachers for a method with later generations.
     """
-    if num_generations < 1 or not makes_im(method) or method.teacher_count(num_teachers) >= 2:
+    needed = method.min_teachers
+    if num_generations < 1 or method.teacher_count(num_teachers) >= needed:
         return
     message = (
-        f"--method {method.name} needs at least 2 teachers, got num_teachers {num_teachers}: a single "
-        "teacher agrees with itself everywhere, so its Inconsistency Mask is empty; set --num_teachers 2 "
-        "(with --num_students 2 or more), or --num_generations 0 for generation 0 alone"
+        f"--method {method.name} needs at least {needed} teachers, got num_teachers {num_teachers}: a "
+        "single teacher agrees with itself everywhere, so its Inconsistency Mask is empty; set "
+        f"--num_teachers {needed} (with --num_students {needed} or more), or --num_generations 0 for "
+        "generation 0 alone"
     )
     if exit_on_error:
         raise SystemExit(f"error: {message}")
