@@ -17,9 +17,9 @@ Only accepted pseudo-labels are written by a study (rejected images have no file
 of ``generation_<g>/pseudo_labels/datalist.json`` are exported. Where the teachers disagreed (the IM)
 the label is nnU-Net's ignore label: its partial loss skips those voxels, as the IM students do.
 
-The grid: every case keeps its source image's own grid. A volume's pseudo-label and IM lie on the
-resampled training grid (the bundle's ``pixdim``, RAS); they are mapped back onto the source image,
-nearest neighbour, in scanner coordinates, and voxels outside the training grid are ignored. The image
+The grid: every case keeps its source image's own grid. A volume's pseudo-label and IM lie on it (sets of
+earlier versions: on the resampled training grid, the bundle's ``pixdim``, RAS); they are mapped onto the
+source image, nearest neighbour, in scanner coordinates, and voxels outside their grid are ignored. The image
 is copied unchanged (NIfTI) or converted as read (NRRD, MHA, DICOM, 4D NIfTI: one file per channel), so
 nnU-Net sees native intensities and spacings and plans the same target spacing as for the labeled
 cases. 2D images (PNG output, RGB or grayscale) get their pseudo-label resized back to the image size.

@@ -387,3 +387,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
     return run_cli(build_parser(), _run, argv)
+
+
+if __name__ == "__main__":  # python -m monai_im.datasets.prepare_hela
+    raise SystemExit(main())

@@ -52,6 +52,9 @@ class Method:
     default_augmentation: Callable | None = None
     #: epochs of the second training phase of a student on :meth:`finetune_items` (0: none)
     finetune_epochs: int = 0
+    #: the fewest teachers (:meth:`teacher_count`) whose pseudo-labels mean anything: an Inconsistency Mask
+    #: is where teachers disagree, and one teacher agrees with itself everywhere
+    min_teachers: int = 1
 
     def __init__(self, mode: str = "binary", threshold: float = 0.5) -> None:
         if mode not in IM_MODES:

@@ -113,6 +113,7 @@ class InconsistencyMask(Method):
 
     name = "im"
     makes_pseudo_labels = True
+    min_teachers = 2
 
     def __init__(
         self,

@@ -23,6 +23,7 @@ from monai.utils import set_determinism
 from monai_im.methods.context import GenerationContext, StudentResult
 from monai_im.runtime.concurrency import run_concurrently, student_dataset
 from monai_im.selftrain.checkpoint import LAST_CHECKPOINT, EpochShuffleSampler
+from monai_im.selftrain.degeneration import report_degeneration
 from monai_im.selftrain.events import StudyEvents, replay_student
 from monai_im.selftrain.finetune import finetune_student, finish_finetuning, first_phase
 from monai_im.selftrain.pseudo_label import PseudoLabelResult
@@ -142,6 +143,7 @@ def run_generation(
     teachers = study.choose_teachers(history) if g > 0 else []
     if g > 0 and study.method.makes_pseudo_labels:
         plr, resumed = study.pseudo_label(g, teachers)
+        report_degeneration(plr.stats, g, study.protocol.max_im_warning, log=study.distributed.is_main)
         pseudo_items, pseudo_stats = plr.items, plr.stats
         figure = Path(plr.figure_path) if plr.figure_path else None
         study.fire_event(

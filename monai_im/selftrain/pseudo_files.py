@@ -4,7 +4,7 @@ and the pieces of the IM figure."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,7 +100,10 @@ def figure_sample(
 @dataclass
 class PassWriter:
     """One labelling pass as its post-processing thread sees it: where files go and how, and what one batch
-    hands to the next (files still being written, the figure being drawn, the counts on the bar)."""
+    hands to the next (files still being written, the figure being drawn, the counts on the bar).
+
+    ``grid`` maps a volume's arrays onto its source image's grid (:class:`monai_im.selftrain.pseudo_grid.
+    SourceGrid`); None writes volumes on their preprocessed grid."""
 
     writers: ThreadPoolExecutor
     files: PseudoLabelFormat
@@ -112,6 +115,7 @@ class PassWriter:
     fill_value: float = 0.0
     image_scale: float = 255.0
     save_masked_images: bool = False
+    grid: Callable[..., tuple[list[np.ndarray], np.ndarray]] | None = None
     pending: list[Future] = field(default_factory=list)
     drawn: Future | None = None
     kept: int = 0
@@ -123,7 +127,7 @@ class PassWriter:
         images: torch.Tensor,
         result: PseudoLabels,
         rows: list[dict[str, Any]],
-        affines: np.ndarray | None,
+        volumes: Sequence[Any] | None,
     ) -> list[Future]:
         """Queue the files of the accepted images of one batch; add their datalist rows to ``rows``.
 
@@ -135,7 +139,9 @@ class PassWriter:
             images: the batch.
             result: the method's pseudo-labels of the batch.
             rows: the datalist rows of the pass so far.
-            affines: where each preprocessed volume lies, or None.
+            volumes: the batch's preprocessed volumes with their metadata (``batch_volumes`` of
+                :mod:`monai_im.selftrain.pseudo_grid`), whose files go onto their source images' grids
+                (``grid``); None for images.
         """
         idx = torch.nonzero(result.accepted).flatten().tolist()
         if not idx:
@@ -154,20 +160,22 @@ class PassWriter:
         for j, i in enumerate(idx):
             source = sources[i]
             uid = self.uids[source]
-            affine = affines[i] if affines is not None else None
+            label, im, img, affine = self._on_source(
+                volumes[i] if volumes is not None else None, j, labels, ims, imgs
+            )
             entry: dict[str, Any] = {
                 "image": str(self.items[source]["image"]),
                 "source": source,
                 "label": str(files.path(root / "labels", uid, spatial_dims)),
             }
-            futures.append(pool.submit(files.write_label, entry["label"], labels[j], affine))
-            if ims is not None:
+            futures.append(pool.submit(files.write_label, entry["label"], label, affine))
+            if im is not None:
                 entry["im"] = str(files.path(root / "ims", uid, spatial_dims))
-                futures.append(pool.submit(files.write_im, entry["im"], ims[j], affine))
-            if imgs is not None:
+                futures.append(pool.submit(files.write_im, entry["im"], im, affine))
+            if img is not None:
                 entry["masked_image"] = str(files.path(root / "images", uid, spatial_dims))
                 futures.append(
-                    pool.submit(files.write_image, entry["masked_image"], imgs[j], affine, self.image_scale)
+                    pool.submit(files.write_image, entry["masked_image"], img, affine, self.image_scale)
                 )
             if score is not None:
                 entry["score"] = round(float(score[j]), 6)
@@ -175,3 +183,28 @@ class PassWriter:
                 entry["certainty"] = round(float(certainty[j]), 6)
             rows.append(entry)
         return futures
+
+    def _on_source(
+        self,
+        volume: Any,
+        j: int,
+        labels: np.ndarray,
+        ims: np.ndarray | None,
+        imgs: np.ndarray | None,
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+        """Accepted image ``j``'s label, IM and masked image, and the affine to write them with: a volume's on
+        its source image's grid (labels and IM by nearest neighbour; source voxels the teachers never saw are
+        background in the label and inside the IM); an image's as they are, without one."""
+        label = labels[j]
+        im = ims[j] if ims is not None else None
+        img = imgs[j] if imgs is not None else None
+        if volume is None:
+            return label, im, img, None
+        if self.grid is None:  # on the preprocessed grid, where they align in world coordinates
+            return label, im, img, np.asarray(volume.affine, dtype=np.float64)
+        (label,), affine = self.grid(volume, [label])
+        if im is not None:  # voxels the teachers never saw are inside the IM
+            im = self.grid(volume, [im], outside=1.0)[0][0]
+        if img is not None:
+            img = self.grid(volume, [img], nearest=False)[0][0]
+        return label, im, img, affine

@@ -2,8 +2,9 @@
 
 The teachers predict each batch once (:meth:`Method.predict`); the method turns the stacked
 probabilities into pseudo-labels (and an Inconsistency Mask, and a quality score); accepted pairs
-are written (:class:`monai_im.transforms.PseudoLabelFormat`: PNG for images, NIfTI with the volume's
-affine for volumes) while the next batch is computed, and the IM figure beside them.
+are written (:class:`monai_im.transforms.PseudoLabelFormat`: PNG for images, NIfTI on the source volume's
+grid for volumes, see :mod:`monai_im.selftrain.pseudo_grid`) while the next batch is computed, and the IM
+figure beside them.
 Nothing of the unlabeled set is held in memory beyond one batch,
 and the output folder appears only once it is complete (see :func:`monai_im.io.atomic_directory`).
 
@@ -23,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from monai.utils import convert_to_tensor
 
@@ -33,7 +33,8 @@ from monai_im.runtime.acceleration import RunSettings
 from monai_im.runtime.concurrency import prefetch
 from monai_im.runtime.progress import progress_bar
 from monai_im.selftrain.pseudo_classes import record_classes
-from monai_im.selftrain.pseudo_files import PassWriter, batch_affines, figure_sample, item_uid
+from monai_im.selftrain.pseudo_files import PassWriter, figure_sample, item_uid
+from monai_im.selftrain.pseudo_grid import SourceGrid, batch_volumes
 from monai_im.selftrain.pseudo_result import (
     FigureSample,
     LabelledRun,
@@ -328,15 +329,16 @@ class PseudoLabeler:
                 fill_value=settings.fill_value,
                 image_scale=settings.image_scale,
                 save_masked_images=settings.save_masked_images,
+                grid=SourceGrid(),
             )
             previous: Future | None = None
-            for batch, affines, images in bar:  # affines: where each preprocessed volume lies
+            for batch, volumes, images in bar:  # volumes: each with its affine and transforms, or None
                 images = images.to(self.device)
                 logits = self.method.predict(teachers, images, self.inferer)
                 truth = batch.get("label")
                 if previous is not None:
                     previous.result()  # raises what went wrong in the previous batch
-                previous = post.submit(self._post, run, part, start, images, logits, truth, affines)
+                previous = post.submit(self._post, run, part, start, images, logits, truth, volumes)
                 start += images.shape[0]
             if previous is not None:
                 previous.result()
@@ -345,12 +347,12 @@ class PseudoLabeler:
             part.figure_path = run.drawn.result() if run.drawn is not None else None
         return part
 
-    def _ready(self, batch: Mapping[str, Any]) -> tuple[Mapping[str, Any], np.ndarray | None, torch.Tensor]:
+    def _ready(self, batch: Mapping[str, Any]) -> tuple[Mapping[str, Any], list[Any] | None, torch.Tensor]:
         """In the reading thread: the images in the teachers' memory format, converted once for all teachers,
         so that on a CPU the main thread only runs the forward passes (the copy to an accelerator keeps the
         layout and stays in the main thread: no batch waits there)."""
         images = self.run_settings.to_memory_format(convert_to_tensor(batch["image"], track_meta=False))
-        return batch, batch_affines(batch["image"]), images
+        return batch, batch_volumes(batch["image"]), images
 
     @torch.no_grad()
     def _post(
@@ -361,7 +363,7 @@ class PseudoLabeler:
         images: torch.Tensor,
         logits: torch.Tensor,
         truth: Any,
-        affines: np.ndarray | None,
+        volumes: list[Any] | None,
     ) -> None:
         """One batch after the teachers: pseudo-labels, IM, statistics, the figure, and its files queued
         (run by one thread, batch after batch, so that rows and statistics keep the order of the set)."""
@@ -395,6 +397,6 @@ class PseudoLabeler:
         # bound memory: wait for the previous batch's files before queueing this one's
         for f in run.pending:
             f.result()
-        run.pending = run.queue(list(range(start, start + n)), images, result, part.rows, affines)
+        run.pending = run.queue(list(range(start, start + n)), images, result, part.rows, volumes)
         run.kept, run.seen = run.kept + part.batches[-1][1], run.seen + n
         run.bar.set_postfix(kept=f"{run.kept}/{run.seen}", refresh=False)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from monai_im.runtime.acceleration import RunSettings
+from monai_im.selftrain.degeneration import DEFAULT_MAX_IM_WARNING
 
 __all__ = [
     "TEACHER_POOLS",
@@ -77,6 +78,9 @@ class StudyProtocol:
         generation_patience: end the study early when this many generations in a row score no better on
             validation than the best generation before them (None = run every generation). The final
             model is the best generation's either way.
+        max_im_warning: warn of (and flag in the pseudo-label statistics) a generation whose Inconsistency
+            Mask covers more than this share of the unlabeled pixels on average (None = no warning; see
+            :mod:`monai_im.selftrain.degeneration`).
     """
 
     num_students: int = 5
@@ -91,6 +95,7 @@ class StudyProtocol:
     teacher_pool: str = "last"
     concurrent_students: int = 1
     generation_patience: int | None = None
+    max_im_warning: float | None = DEFAULT_MAX_IM_WARNING
 
     def __post_init__(self) -> None:
         if self.eval_batch_size is None:
@@ -100,6 +105,11 @@ class StudyProtocol:
         _at_least(self, 0, "num_generations", "min_steps")
         if self.generation_patience is not None:
             _at_least(self, 1, "generation_patience")
+        if self.max_im_warning is not None:
+            value = self.max_im_warning
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= value <= 1.0:
+                raise ValueError(f"max_im_warning must be in [0, 1] or None, got {self.max_im_warning!r}")
+            self.max_im_warning = float(self.max_im_warning)
         if self.teacher_pool not in TEACHER_POOLS:
             raise ValueError(f"teacher_pool must be one of {TEACHER_POOLS}, got {self.teacher_pool!r}")
 

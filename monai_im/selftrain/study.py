@@ -33,6 +33,7 @@ from monai.data import DataLoader
 from monai_im.methods import InconsistencyMask, Method, StudentContext
 from monai_im.runtime.acceleration import RunSettings
 from monai_im.runtime.distributed import DistributedContext
+from monai_im.selftrain.degeneration import check_ensemble
 from monai_im.selftrain.events import StudyEventRegistry, StudyEvents
 from monai_im.selftrain.final import finish_study, mark_standing, patience_exhausted
 from monai_im.selftrain.generation import make_pseudo_labels, not_shared, run_generation, train_students
@@ -362,11 +363,11 @@ class SelfTrainingStudy(StudyEventRegistry):
 
         A folder holding another study stops the run before any work with a one-line message
         (``SystemExit``; its ``__cause__`` is the :class:`StudyMismatchError`), in every process of a
-        distributed study: rank 0 prepares the folder, the others wait for it.
+        distributed study: rank 0 prepares the folder, the others wait for it. So does an Inconsistency
+        Mask of a single teacher (:func:`monai_im.selftrain.degeneration.check_ensemble`).
         """
-        lock = StudyLock(
-            self.output_dir
-        )  # rank 0 holds it for the whole run; the OS frees it if the process dies
+        check_ensemble(self.method, self.protocol.num_teachers, self.num_generations, exit_on_error=True)
+        lock = StudyLock(self.output_dir)  # rank 0 holds it for the whole run; the OS frees it if it dies
         try:
             return self._run(lock)
         finally:

@@ -110,9 +110,10 @@ class PseudoLabelFormat:
 
     - images (``(C, H, W)``): 8-bit PNG. Binary and multi-label masks are multiplied by ``label_scale``
       (0/255, as datasets store masks); multi-class maps are stored as their class indices; the IM as 0/255.
-    - volumes (``(C, X, Y, Z)``): uint8 NIfTI (``.nii.gz``) with the affine of the preprocessed volume
-      (its position in the scanner, so that a pseudo-label opens aligned on its CT in 3D Slicer or
-      ITK-SNAP), masks as 0/1, class maps as class indices, the IM as 0/1.
+    - volumes (``(C, X, Y, Z)``): uint8 NIfTI (``.nii.gz``) with the affine they are given (a study writes
+      each on its source volume's grid, so that a pseudo-label opens as a segmentation of its CT in 3D
+      Slicer or ITK-SNAP; see :mod:`monai_im.selftrain.pseudo_grid`), masks as 0/1, class maps as class
+      indices, the IM as 0/1.
 
     Reading: ``LoadImaged`` picks the reader by extension; :class:`monai_im.transforms.ReadLabeld` reads
     the label like any dataset label (``> label_threshold`` for masks, class indices for multi-class) and

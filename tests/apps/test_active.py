@@ -103,6 +103,7 @@ def test_one_simulated_round_through_the_bundle(isic_tiny, tmp_path):
     from monai.bundle import run
 
     tiny = {
+        "method": "im",
         "image_size": [32, 32],
         "alpha": 0.25,
         "epochs": 1,

@@ -237,7 +237,8 @@ def test_missing_dataset_stops_at_once_with_instructions(tmp_path):
             output_dir=str(tmp_path / "o"),
         )
     message = str(err.value)
-    assert "nowhere" in message and "prepare_isic2018.py" in message and "demo.json" in message
+    assert "nowhere" in message and "python -m monai_im.datasets.prepare_isic2018 " in message
+    assert "demo.json" in message and "data_scripts/" not in message  # a copied bundle has no data_scripts
     assert not (tmp_path / "o").exists()
 
 

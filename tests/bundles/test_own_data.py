@@ -127,7 +127,7 @@ def test_a_bad_unlabeled_file_stops_the_study_before_any_training(isic_tiny, tmp
     trained = []
     monkeypatch.setattr(generation_mod, "train_student", lambda **kw: trained.append(kw))
     with pytest.raises(SystemExit) as err:
-        run_isic(data, tmp_path / "out", method="im", num_generations=1)
+        run_isic(data, tmp_path / "out", method="im", num_generations=1, num_students=2, num_teachers=2)
     assert trained == []
     assert "2 problem(s) in 2 of" in str(err.value)
     lines = capsys.readouterr().err.strip().splitlines()

@@ -10,6 +10,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = {
+    "method": "im",
     "image_size": [32, 32],
     "alpha": 0.25,
     "epochs": 1,

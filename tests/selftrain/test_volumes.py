@@ -107,19 +107,25 @@ def test_sliding_window_pseudo_labelling_of_a_volume_larger_than_the_patch(tmp_p
     for item, original in zip(result.items, items):
         assert item["image"] == original["image"] and item["label"].endswith(".nii.gz")
         preprocessed = transform({"image": original["image"]})["image"]
-        label = nib.load(item["label"])
-        np.testing.assert_allclose(label.affine, preprocessed.affine.numpy(), atol=1e-4)
-        assert label.shape == tuple(preprocessed.shape[1:])
-        # the written label is the teachers' ensemble on the whole volume (argmax of the mean), outside the IM
+        assert tuple(preprocessed.shape[1:]) == (20, 18, 20)  # the teachers' grid: RAS, 3 mm
+        # written on the source CT's own grid (LPS, 1.5 x 1.5 x 3 mm): it opens as its segmentation
+        source = nib.load(original["image"])
+        for key in ("label", "im"):
+            written = nib.load(item[key])
+            assert written.shape == source.shape == (40, 36, 20)
+            np.testing.assert_allclose(written.affine, source.affine, atol=1e-4)
+        # the written label is the teachers' ensemble on the whole volume (argmax of the mean), outside the
+        # IM, once read back onto the teachers' grid as training reads it
         x = preprocessed.as_tensor()[None]
         with torch.no_grad():
             probs = torch.stack([torch.softmax(inferer(x, t), 1) for t in teachers])
         expected = probs.mean(0).argmax(1)[0].numpy()
-        im = np.asarray(nib.load(item["im"]).dataobj) > 0
-        written = np.asarray(label.dataobj)
-        agreement = (written[~im] == expected[~im]).mean()
+        label = transform({"image": original["image"], "label": item["label"]})["label"][0].numpy()
+        im = transform({"image": original["image"], "label": item["im"]})["label"][0].numpy() > 0
+        assert set(np.unique(np.asarray(nib.load(item["im"]).dataobj)).tolist()) <= {0, 1}
+        agreement = (label[~im] == expected[~im]).mean()
         assert agreement > 0.99  # bf16 teachers on CPU may flip a few near-tied voxels
-        # read back for training: label and IM land on the grid of the original volume
+        # read back for training: label and IM land on the grid of the preprocessed volume
         back = transform({"image": original["image"], "label": item["label"], "im": item["im"]})
         assert back["label"].shape == back["image"].shape
     assert (tmp_path / "pl" / "im_figure.png").is_file()
@@ -156,3 +162,98 @@ def test_patches_of_a_volume_whose_label_is_all_ignored_are_uniform(tmp_path):
     label[0, 6:, 6:, 6:] = 2  # a small organ in a corner: patches centred on it are drawn too
     centred = [crop({"image": image, "label": label}) for _ in range(6)]
     assert any(bool((p["label"] == 2).any()) for ps in centred for p in ps)
+
+
+def test_a_3d_study_writes_pseudo_labels_on_each_source_grid_and_trains_on_them(make_study, tmp_path):
+    """A tiny 3D IM study: generation 1's pseudo-label and IM files have the shape and affine of their source
+    CT (LPS, 1.5 x 1.5 x 3 mm; the teachers saw it as RAS at 3 mm), and its students train on them."""
+    import json
+
+    from monai.handlers import from_engine
+    from monai.transforms import Activationsd, AsDiscreted, Compose
+
+    from monai_im.data.datalist import write_datalist
+    from monai_im.losses import MaskedDiceCELoss
+    from monai_im.methods import InconsistencyMask
+    from monai_im.metrics.volume import PerClassDice
+
+    data = tmp_path / "data"
+    data.mkdir()
+    pairs = [_ct(data, seed=s) for s in range(5)]
+    entries = [{"image": str(image), "label": str(label)} for image, label in pairs]
+    write_datalist(
+        data / "datalist.json",
+        {
+            "labeled": entries[:2],
+            "validation": entries[2:3],
+            "unlabeled": [{"image": e["image"]} for e in entries[3:]],
+        },
+    )
+    pre = volume_segmentation_transforms(pixdim=(3.0, 3.0, 3.0), num_classes=3)
+    study = make_study(
+        data,
+        tmp_path / "study",
+        network=lambda: IMUNet(3, 1, 3, alpha=0.25),
+        method=InconsistencyMask(mode="multiclass", min_foreground=0, foreground_exceeds_im=False),
+        loss_function=MaskedDiceCELoss(mode="multiclass"),
+        train_transforms=volume_patch_transforms(pre, patch_size=(16, 16, 16), num_classes=3, num_samples=2),
+        eval_transforms=pre,
+        infer_transforms=pre,
+        key_metric={"dice": PerClassDice(3, output_transform=from_engine(["pred", "label"]))},
+        postprocessing=Compose([Activationsd("pred", softmax=True), AsDiscreted("pred", argmax=True)]),
+        inferer=SlidingWindowInferer(roi_size=(16, 16, 16), sw_batch_size=2),
+        batch_size=2,
+        num_generations=1,
+    )
+    summaries = study.run()
+    folder = tmp_path / "study" / "generation_1" / "pseudo_labels"
+    rows = json.loads((folder / "datalist.json").read_text())["pseudo_labeled"]
+    assert len(rows) == 2 and summaries[1]["pseudo_labels"]["images_kept"] == 2
+    for row in rows:
+        source = nib.load(row["image"])
+        for key in ("label", "im"):
+            written = nib.load(folder / row[key])
+            assert written.shape == source.shape == (40, 36, 20)
+            np.testing.assert_allclose(written.affine, source.affine, atol=1e-4)
+        # read for training as a ground-truth label is: on the grid of its image
+        pair = pre(
+            {"image": row["image"], "label": str(folder / row["label"]), "im": str(folder / row["im"])}
+        )
+        assert pair["label"].shape == pair["image"].shape == (1, 20, 18, 20)
+    # generation 1 trained on the 2 labeled volumes and the 2 pseudo-labeled ones
+    assert summaries[1]["training_images"] == 4
+    assert all(Path(s["checkpoint"]).is_file() for s in summaries[1]["students"])
+
+
+def test_source_grid_maps_back_through_scanner_coordinates_and_fills_what_the_teachers_never_saw():
+    from monai.data import MetaTensor
+
+    from monai_im.selftrain.pseudo_grid import SourceGrid
+
+    # the source: 8 x 8 x 4 voxels of 1 mm; the teachers saw voxels 2..5 x 2..5 x 0..3 of it at 2 mm
+    source_affine = np.eye(4)
+    seen = np.diag([2.0, 2.0, 1.0, 1.0])
+    seen[:3, 3] = [2.5, 2.5, 0.0]  # the centre of a 2 mm voxel covering source voxels 2 and 3
+    volume = MetaTensor(
+        torch.zeros(1, 2, 2, 4),
+        affine=torch.as_tensor(seen),
+        meta={"original_affine": source_affine, "spatial_shape": np.array([8, 8, 4])},
+    )
+    label = np.zeros((1, 2, 2, 4), np.float32)
+    label[0, 1, 0] = 2  # the second 2 mm voxel along x: source x 4..5, y 2..3
+    im = np.zeros((1, 2, 2, 4), np.float32)
+    grid = SourceGrid()
+    (on_source,), affine = grid(volume, [label])
+    (im_on_source,), _ = grid(volume, [im], outside=1.0)
+    np.testing.assert_allclose(affine, source_affine)
+    assert on_source.shape == im_on_source.shape == (1, 8, 8, 4)
+    expected = np.zeros((8, 8, 4), np.float32)
+    expected[4:6, 2:4] = 2
+    np.testing.assert_array_equal(on_source[0], expected)
+    inside = np.zeros((8, 8, 4), bool)
+    inside[2:6, 2:6] = True
+    np.testing.assert_array_equal(im_on_source[0], np.where(inside, 0.0, 1.0))  # never seen: in the IM
+    # a volume already on its source grid, or without one, is written as it is
+    plain = MetaTensor(torch.zeros(1, 2, 2, 4), affine=torch.as_tensor(seen))
+    (same,), kept = grid(plain, [label])
+    assert same is label and np.allclose(kept, seen)
