@@ -188,8 +188,8 @@ def test_a_tiny_3d_study_from_the_bundle_runs_with_every_rule(tmp_path, monkeypa
         epochs=1,
         min_steps=0,
         val_interval=1,
-        num_students=1,  # one teacher: untrained teachers disagree on every voxel, one agrees with itself
-        num_teachers=1,
+        num_students=2,  # an IM needs two teachers (one agrees with itself everywhere)
+        num_teachers=2,
         num_generations=1,
         min_foreground=0,
         progress=False,
@@ -204,11 +204,14 @@ def test_a_tiny_3d_study_from_the_bundle_runs_with_every_rule(tmp_path, monkeypa
     rows = json.loads((folder / "datalist.json").read_text())["pseudo_labeled"]
     assert stats["images_kept"] == stats["unlabeled_images"] == len(rows) == 3  # certainty >= 0: all kept
     assert all(0.0 <= r["certainty"] <= 1.0 for r in rows)
-    assert stats["certainty_mean"] == 1.0 and stats["classes_gated"] == 0 and stats["im_fraction"] == 0.0
+    assert 0.0 <= stats["certainty_mean"] <= 1.0 and stats["classes_gated"] == 0  # a gate of 0 gates nothing
+    assert 0.0 <= stats["im_fraction"] <= 1.0
     organs = range(1, 14)
     assert any(f"gate_dice_class_{c}" in stats for c in organs)
     assert any(f"im_fraction_class_{c}" in stats for c in organs)
-    assert any(f"pl_dice_class_{c}" in stats for c in organs)  # the demo's unlabeled cases carry their truth
+    # the demo's unlabeled cases carry their truth: scored wherever the IM leaves voxels (tiny teachers may
+    # disagree everywhere; the per-class scores themselves are tested on hand-made volumes above)
+    assert stats["im_fraction"] == 1.0 or any(f"pl_dice_class_{c}" in stats for c in organs)
     study = json.loads((out / "study.json").read_text())
     assert "case_agreement" in json.dumps(study)
 
