@@ -43,6 +43,8 @@ def _run(bundle: str, dataset: str, out: Path, *names: str, **extra) -> None:
 def test_suggest_ranks_the_unlabeled_images_of_a_finished_study(isic_tiny, tmp_path):
     from mlflow import MlflowClient
 
+    from monai_im.handlers.mlflow_uri import resolve_stored_uri
+
     out = tmp_path / "study"
     _run("isic_im", isic_tiny, out, "train.json")
     results = (out / "results.json").read_bytes()
@@ -66,7 +68,7 @@ def test_suggest_ranks_the_unlabeled_images_of_a_finished_study(isic_tiny, tmp_p
     assert (folder / "top_k.png").stat().st_size > 0
     # logged to the study's parent run
     state = json.loads((out / "mlflow_runs.json").read_text())
-    client = MlflowClient(state["tracking_uri"])
+    client = MlflowClient(resolve_stored_uri(state["tracking_uri"], out))
     logged = {a.path for a in client.list_artifacts(state["runs"]["study"], "suggestions")}
     assert logged == {f"suggestions/{n}" for n in ("suggestions.csv", "suggestions.json", "top_k.png")}
 
