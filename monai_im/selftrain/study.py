@@ -70,6 +70,10 @@ def _setting(group: str, name: str) -> property:
 class SelfTrainingStudy(StudyEventRegistry):
     """A whole self-training study (generation 0, pseudo-labelling, generations 1..G).
 
+    The settings come in three records (:class:`StudyProtocol`, :class:`StudyData`, :class:`Evaluation`);
+    each remaining argument is one object of its own kind (a factory, the method, the handlers, ...) that the
+    bundle JSON builds separately, which is why they are not grouped further.
+
     Args:
         output_dir: where checkpoints, pseudo-labels and summaries go.
         network: a factory returning a new network (``_mode_: "callable"`` in JSON), or a template

@@ -50,6 +50,7 @@ def test_a_study_of_nrrd_mha_and_nifti_volumes_runs_through_generation_1(tmp_pat
         logging_file=False,
         dataset_dir=str(data),
         output_dir=str(out),
+        method="im",
         patch_size=[32, 32, 32],
         epochs=1,
         min_steps=0,

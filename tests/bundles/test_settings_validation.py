@@ -99,6 +99,7 @@ def test_a_method_with_generations_needs_unlabeled_images(isic_tiny, tmp_path):
         dataset_dir=str(data),
         output_dir=str(out),
         image_size=[32, 32],
+        method="im",
         num_generations=2,
         progress=False,
     )
