@@ -8,26 +8,9 @@ import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def configs(bundle: str, *names: str) -> list[str]:
-    return [str(REPO / "bundles" / bundle / "configs" / n) for n in names]
-
-
-def refusal(config_file: list[str], **overrides) -> str:
-    """The one-line message with which the bundle run stops (SystemExit passes MONAI's parser unwrapped)."""
-    from monai.bundle import run
-
-    with pytest.raises(SystemExit) as err:
-        run(config_file=config_file, logging_file=False, **overrides)
-    message = str(err.value.code)
-    assert len(message.splitlines()) == 1, message
-    return message
+from bundle_runs import REPO, configs, refusal
 
 
 def test_a_typo_on_the_command_line_stops_the_run_in_one_line_before_any_work(tmp_path):

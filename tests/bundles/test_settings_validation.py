@@ -4,28 +4,12 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import pytest
+from bundle_runs import configs, refusal
 
 from monai_im.bundle import check_unlabeled, validate_settings
 from monai_im.methods import build_method
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def configs(bundle: str, *names: str) -> list[str]:
-    return [str(REPO / "bundles" / bundle / "configs" / n) for n in names]
-
-
-def refusal(config_file: list[str], **overrides) -> str:
-    from monai.bundle import run
-
-    with pytest.raises(SystemExit) as err:
-        run(config_file=config_file, logging_file=False, **overrides)
-    message = str(err.value.code)
-    assert len(message.splitlines()) == 1, message
-    return message
 
 
 @pytest.mark.parametrize(
