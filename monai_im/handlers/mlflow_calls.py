@@ -4,19 +4,42 @@ the run ids and the resume state (``mlflow_runs.json``)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from monai_im.handlers.mlflow_store import CallQueue, NoRunError, ensure_experiment, log_values, run_is_active
+from monai_im.handlers.mlflow_store import (
+    CallQueue,
+    NoRunError,
+    ensure_experiment,
+    first_line,
+    log_values,
+    run_is_active,
+)
 from monai_im.handlers.mlflow_uri import ARTIFACT_FOLDER, repoint_artifacts
 from monai_im.io import atomic_write_json
 
-__all__ = ["MLflowRunCalls"]
+__all__ = ["MLflowRunCalls", "model_signature"]
 
 logger = logging.getLogger("monai_im")
+
+
+def model_signature(network: Any) -> Any:
+    """The MLflow signature of a segmentation network: one input batch of its first convolution's channels,
+    with side 32 in 2D and 16 in 3D (sizes IMUNet accepts), and the output it gives on a random one."""
+    import numpy as np
+    import torch
+    from mlflow.models import infer_signature
+
+    conv = next(m for m in network.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d)))
+    dims = conv.weight.dim() - 2
+    sample = torch.rand(1, conv.in_channels, *([32 if dims == 2 else 16] * dims), generator=torch.Generator())
+    with torch.no_grad():
+        output = network.eval()(sample)
+    return infer_signature(sample.numpy().astype(np.float32), output.float().numpy())
 
 
 class MLflowRunCalls:
@@ -141,3 +164,60 @@ class MLflowRunCalls:
     def _call_mark(self, name: str, value: int) -> None:
         self.state[name].append(value)
         self._save()
+
+    def _call_model(self, key: str, network: Any, signature: Any, name: str) -> None:
+        """Log ``network`` as an MLflow model (pytorch flavour, pickled) of the run ``key``.
+
+        A store that cannot be reached (a connection error, a server busy or down) makes the call wait in
+        the queue; any other failure is a warning, and the model stays in the study folder."""
+        import inspect
+
+        import mlflow.pytorch
+        import monai
+        import torch
+        from mlflow.exceptions import MlflowException
+        from mlflow.tracking._tracking_service.utils import _use_tracking_uri  # log_model takes no client
+
+        accepted = inspect.signature(mlflow.pytorch.log_model).parameters
+        kwargs: dict[str, Any] = {"name" if "name" in accepted else "artifact_path": name}
+        if (
+            "serialization_format" in accepted
+        ):  # the module itself: loads as a network, needs no example input
+            kwargs["serialization_format"] = "pickle"
+        try:
+            if (
+                "model_id" in accepted
+            ):  # MLflow 3: the model belongs to the run's experiment, not the default one
+                run = self._client().get_run(self._id(key))
+                created = self._client().create_logged_model(run.info.experiment_id, name, run.info.run_id)
+                kwargs["model_id"] = created.model_id
+            with _use_tracking_uri(self.tracking_uri):
+                info = mlflow.pytorch.log_model(
+                    network,
+                    signature=signature,
+                    run_id=self._id(key),
+                    # given, not inferred: inferring loads the model in a new process
+                    pip_requirements=[
+                        f"torch=={torch.__version__.split('+')[0]}",
+                        f"monai=={monai.__version__}",
+                    ],
+                    **kwargs,
+                )
+        except NoRunError:
+            raise
+        except Exception as e:
+            unreachable = isinstance(e, MlflowException) and e.get_http_status_code() in (
+                408,
+                429,
+                502,
+                503,
+                504,
+            )
+            if unreachable or isinstance(e, OSError):
+                raise
+            logger.warning(f"MLflow: the final model is not logged as an MLflow model ({first_line(e)})")
+            if "model_id" in kwargs:
+                with contextlib.suppress(Exception):
+                    self._client().finalize_logged_model(kwargs["model_id"], "FAILED")
+            return
+        logger.info(f"MLflow: final model logged as {info.model_uri}")

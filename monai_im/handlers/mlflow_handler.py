@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 from ignite.engine import Events
 
-from monai_im.handlers.mlflow_calls import MLflowRunCalls
+from monai_im.handlers.mlflow_calls import MLflowRunCalls, model_signature
 from monai_im.handlers.mlflow_store import (
     EXPERIMENT_KIND_TAG,
     HTTP_LIMITS,
@@ -103,6 +103,23 @@ def _study_file(study: SelfTrainingStudy, path: str | os.PathLike) -> Path:
     the study folder (as the summary files store them)."""
     p = Path(path)
     return p if p.is_absolute() or p.exists() else Path(study.output_dir) / p
+
+
+def _final_model_call(study: SelfTrainingStudy) -> tuple | None:
+    """The call that logs the study's final ``model.pt`` as an MLflow model of the study run: the network of
+    its generation (on the CPU, without the run settings' forward policy) with the weights loaded, and its
+    signature; None (with a warning) when it cannot be rebuilt."""
+    try:
+        from monai_im.selftrain.student import build_network, load_weights
+
+        final = load_json(study.layout.results_file).get("final_model") or {}
+        generation = int(final.get("generation", 0))
+        network = build_network(study.method.student_network(generation, study.network))
+        network = load_weights(network, study.layout.model_file).eval()
+        return ("model", "study", network, model_signature(network), "model")
+    except Exception as e:
+        logger.warning(f"MLflow: the final model is not logged as an MLflow model ({first_line(e)})")
+        return None
 
 
 class MLflowStudyHandler(MLflowRunCalls):
@@ -328,6 +345,8 @@ class MLflowStudyHandler(MLflowRunCalls):
     @_never_raises
     def study_finished(self, study: SelfTrainingStudy, summaries: list[Mapping[str, Any]]) -> None:
         calls = [("artifact", "study", str(study.output_dir / "results.json"), None)]
+        model = _final_model_call(study)
+        calls += [model] if model is not None else []
         test_key = f"test_{study.key_metric_name}"
         values = [s.get("test", {}).get(test_key) for s in summaries]
         if len(summaries) > 1 and all(v is not None for v in values):
@@ -355,3 +374,10 @@ class MLflowStudyHandler(MLflowRunCalls):
         logger.info(f"MLflow: run {self.run_id('study')} in {self.tracking_uri}")
         if self.tracking_uri.startswith("sqlite:"):
             logger.info(f"compare runs with: mlflow ui --backend-store-uri {self.tracking_uri}")
+            logger.info(f"the study's runs: {self.experiment_url()}")
+        elif self.tracking_uri.startswith(("http:", "https:")):
+            logger.info(f"the study's runs: {self.experiment_url(self.tracking_uri.rstrip('/'))}")
+
+    def experiment_url(self, ui: str = "http://127.0.0.1:5000") -> str:
+        """The runs of the study's experiment in the MLflow UI at ``ui`` (``mlflow ui``'s default address)."""
+        return f"{ui}/#/experiments/{self.state.get('experiment_id')}/runs"
