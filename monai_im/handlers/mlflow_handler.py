@@ -108,7 +108,10 @@ def _study_file(study: SelfTrainingStudy, path: str | os.PathLike) -> Path:
 def _final_model_call(study: SelfTrainingStudy) -> tuple | None:
     """The call that logs the study's final ``model.pt`` as an MLflow model of the study run: the network of
     its generation (on the CPU, without the run settings' forward policy) with the weights loaded, and its
-    signature; None (with a warning) when it cannot be rebuilt."""
+    signature; None when the study wrote no final model, and (with a warning) when it cannot be rebuilt."""
+    layout = getattr(study, "layout", None)
+    if layout is None or not layout.model_file.is_file():
+        return None
     try:
         from monai_im.selftrain.student import build_network, load_weights
 
